@@ -1,0 +1,305 @@
+"""The one place for mammo's configuration.
+
+A :class:`Config` is a tree of small typed dataclasses. Two profiles ship with the code:
+
+* ``paper``: the settings of Tiryaki (2023) and its published notebooks (331 px patches, the five
+  backbones, the three-stage schedule, AUC threshold 0.90).
+* ``demo``: the same pipeline shrunk so that it runs end to end on a 2-core laptop in minutes
+  (small patches, one fast backbone trained from scratch, short stages, a low AUC threshold).
+
+Any field can be overridden with ``key=value`` strings (``train.stage1_epochs=1``,
+``train.backbones=resnet50,xception``); values are parsed by the field's type. The pipeline receives
+the whole tree as one ``config`` dict parameter (plus ``backbones`` for its ``ParallelFor``), so a
+run submitted from the KFP UI can change any setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: The five classes, in the order of the paper's class folders (calc_ben, calc_mal, mass_ben,
+#: mass_mal, normal). The model's output index i is CLASS_NAMES[i].
+CLASS_NAMES: tuple[str, ...] = (
+    "calc_benign",
+    "calc_malignant",
+    "mass_benign",
+    "mass_malignant",
+    "normal",
+)
+
+
+@dataclass
+class IngestConfig:
+    """How raw CBIS-DDSM / DDSM normals are read."""
+
+    #: share of normal patients assigned to the test split (deterministic by patient id hash)
+    normal_test_fraction: float = 0.2
+    #: the ingest step fails if more than this share of the rows of any input is rejected
+    max_reject_fraction: float = 0.05
+
+
+@dataclass
+class PatchConfig:
+    """Patch extraction (ROI-centred abnormal crops, tissue crops from normal CC views)."""
+
+    #: side of the stored 8-bit patches in pixels (the paper: 331)
+    image_size: int = 331
+    #: context around the lesion: the square crop side is max(bbox h, w) * (1 + context_margin)
+    context_margin: float = 1.0
+    #: smallest crop side in source pixels (tiny calcification ROIs still get some context)
+    min_crop_size: int = 256
+    #: normal patches cut from each normal CC image
+    normal_patches_per_image: int = 2
+    #: crop side of normal patches in source pixels (DDSM ROIs average ~450 px)
+    normal_crop_size: int = 600
+    #: a normal patch is kept only if at least this share of it is breast tissue
+    min_tissue_fraction: float = 0.98
+    #: records per TFRecord shard
+    records_per_shard: int = 1000
+
+
+@dataclass
+class BalanceConfig:
+    """Class balancing and the train / validation / test split."""
+
+    #: undersample (the paper) | oversample | class_weights | none
+    mode: str = "undersample"
+    #: share of the CBIS-DDSM training patients used for validation (grouped by patient)
+    validation_fraction: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    """Transfer learning with the paper's three-stage fine-tuning schedule."""
+
+    #: Keras application backbones (see mammo.components.train.backbones)
+    backbones: list[str] = field(
+        default_factory=lambda: ["resnet50", "xception", "nasnetmobile", "nasnetlarge", "efficientnetb7"]
+    )
+    #: "imagenet" (downloads Keras' weights), "none" (random init) or a path to a weights file
+    weights: str = "imagenet"
+    #: "backbone" (each backbone's own preprocessing) or "rescale" (x / 255, the paper's notebooks)
+    preprocessing: str = "backbone"
+    #: model input side; 0 = the backbone's paper default (224 or 331)
+    input_size: int = 0
+    #: batch size; 0 = the backbone's paper default (8, 6 or 2)
+    batch_size: int = 0
+    stage1_epochs: int = 3
+    stage1_lr: float = 1e-3
+    stage2_epochs: int = 10
+    stage2_lr: float = 1e-4
+    #: share of backbone layers unfrozen in stage 2 when the backbone has no paper-specific count
+    stage2_unfreeze_fraction: float = 0.33
+    stage3_max_epochs: int = 150
+    stage3_lr: float = 1e-5
+    min_lr: float = 1e-8
+    early_stopping_patience: int = 10
+    plateau_patience: int = 10
+    stage3_plateau_patience: int = 5
+    min_delta: float = 1e-4
+    #: head: GAP -> Dense(head_units) -> Dropout -> Dense(head_units2 or backbone default) -> softmax
+    head_units: int = 512
+    head_units2: int = 0
+    dropout: float = 0.5
+    # augmentation (no brightness change: intensity is diagnostic)
+    shift: float = 0.2
+    zoom: float = 0.2
+    shear: float = 0.2
+    rotation_degrees: float = 90.0
+    flips: bool = True
+    fill_mode: str = "wrap"
+    #: limit batches per epoch (0 = whole dataset); for tests and smoke runs
+    steps_per_epoch: int = 0
+    mixed_precision: bool = False
+    jit_compile: bool = False
+
+
+@dataclass
+class GateConfig:
+    """Model selection and the promotion gate."""
+
+    #: metric compared against the threshold and the champion (test set)
+    metric: str = "macro_auc"
+    auc_threshold: float = 0.90
+    #: the challenger may be at most this much worse than the served champion
+    max_auc_drop: float = 0.01
+
+
+@dataclass
+class DeployConfig:
+    """Where and how a promoted model is pushed."""
+
+    model_name: str = "mammo"
+    #: TF Serving REST base URL to poll until the new version is AVAILABLE ("" = do not wait)
+    wait_for_rest_url: str = ""
+    wait_timeout_s: int = 300
+
+
+@dataclass
+class Config:
+    seed: int = 1234
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+
+    # -- conversions ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        """Build a config from a (possibly partial) nested dict; unknown keys are errors."""
+        return _build(cls, data, prefix="")
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "Config":
+        """Return a copy with ``section.field=value`` overrides applied."""
+        data = self.to_dict()
+        items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+        for key, raw in items:
+            _set_path(data, key, raw, type(self))
+        return Config.from_dict(data)
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not of the form key=value (e.g. train.stage1_epochs=1)")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {prefix or '<root>'!r} must be a mapping, got {data!r}")
+    hints = _field_types(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(prefix + k for k in unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    try:
+        if origin is list:
+            (item_tp,) = typing.get_args(tp)
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            return [_coerce(v, item_tp, key) for v in value]
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in {"1", "true", "yes", "on"}:
+                    return True
+                if value.lower() in {"0", "false", "no", "off"}:
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key!r}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from None
+    return value
+
+
+def _set_path(data: dict[str, Any], key: str, raw: Any, cls: type) -> None:
+    parts = key.split(".")
+    node, node_cls = data, cls
+    for part in parts[:-1]:
+        hints = _field_types(node_cls)
+        if part not in node or not dataclasses.is_dataclass(hints.get(part)):
+            raise ValueError(f"unknown config section {part!r} in override {key!r}")
+        node, node_cls = node[part], hints[part]
+    leaf = parts[-1]
+    hints = _field_types(node_cls)
+    if leaf not in hints:
+        raise ValueError(f"unknown config key {key!r}; known in this section: {sorted(hints)}")
+    node[leaf] = _coerce(raw, hints[leaf], key)
+
+
+# -- profiles ----------------------------------------------------------------------------------
+
+
+def paper_config() -> Config:
+    """The settings of the paper (section 4 of ARCHITECTURE.md)."""
+    return Config()
+
+
+def demo_config() -> Config:
+    """A small, fast profile for laptops and CI: same steps, tiny images, one backbone from scratch."""
+    return paper_config().with_overrides(
+        {
+            "patches.image_size": 64,
+            "patches.min_crop_size": 48,
+            "patches.normal_crop_size": 96,
+            "patches.normal_patches_per_image": 2,
+            "patches.min_tissue_fraction": 0.98,
+            "train.backbones": ["mobilenetv3small"],
+            "train.weights": "none",
+            "train.input_size": 64,
+            "train.batch_size": 32,
+            "train.stage1_epochs": 2,
+            "train.stage1_lr": 3e-3,
+            "train.stage2_epochs": 6,
+            "train.stage2_lr": 3e-3,
+            "train.stage3_max_epochs": 12,
+            "train.stage3_lr": 1e-3,
+            "train.early_stopping_patience": 4,
+            "train.plateau_patience": 3,
+            "train.stage3_plateau_patience": 2,
+            "train.rotation_degrees": 90.0,
+            "gate.auc_threshold": 0.75,
+        }
+    )
+
+
+PROFILES = {"paper": paper_config, "demo": demo_config}
+
+
+def load_config(profile: str = "paper", path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Profile defaults, then a YAML/JSON file of (partial) settings, then ``key=value`` overrides."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    cfg = PROFILES[profile]()
+    if path:
+        text = Path(path).read_text()
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text) or {}
+        flat = dict(_flatten(data))
+        cfg = cfg.with_overrides(flat)
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
+    return cfg
+
+
+def _flatten(data: dict[str, Any], prefix: str = ""):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, prefix + key + ".")
+        else:
+            yield prefix + key, value
