@@ -303,3 +303,12 @@ def _flatten(data: dict[str, Any], prefix: str = ""):
             yield from _flatten(value, prefix + key + ".")
         else:
             yield prefix + key, value
+
+
+# -- images ------------------------------------------------------------------------------------
+# The container images the compiled pipeline runs in (built from dockerfiles/); override at compile
+# time with MAMMO_CPU_IMAGE / MAMMO_GPU_IMAGE when you push them to your own registry.
+import os as _os
+
+CPU_IMAGE: str = _os.environ.get("MAMMO_CPU_IMAGE", "ghcr.io/mammo-project/mammo:0.1.0")
+GPU_IMAGE: str = _os.environ.get("MAMMO_GPU_IMAGE", "ghcr.io/mammo-project/mammo-gpu:0.1.0")

@@ -1,0 +1,26 @@
+"""KFP wrapper of patch extraction (logic: mammo.components.extract.logic)."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Output
+
+from mammo.components.config import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def extract_op(cases: Input[Dataset], config: dict, shard_index: int, num_shards: int,
+               patches: Output[Dataset], preview: Output[HTML]):
+    """One shard of patches: TFRecords + manifest.parquet + preview grids."""
+    import shutil
+    from pathlib import Path
+
+    from mammo.components.config import Config
+    from mammo.components.extract.logic import extract_patches
+    from mammo.components.runtime import artifact_dir, setup_logging
+
+    setup_logging()
+    cfg = Config.from_dict(config)
+    out = artifact_dir(patches.path)
+    report = extract_patches(Path(cases.path) / "cases.parquet", out, cfg.patches, cfg.seed,
+                             shard_index=shard_index, num_shards=num_shards)
+    shutil.copyfile(out / "preview.html", preview.path)
+    patches.metadata.update({"patches_per_class": report.patches_per_class})

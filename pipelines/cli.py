@@ -1,0 +1,326 @@
+"""``mammo``: the command line (ARCHITECTURE.md section 3).
+
+Pipeline commands: ``synth``, ``run``, ``demo``, ``compile``, ``submit``, ``schedule``, ``predict``.
+Step commands (debugging, and what the images run): ``ingest``, ``validate``, ``extract``,
+``balance``, ``train``, ``evaluate``, ``deploy``. Heavy imports happen inside each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("mammo")
+
+
+def _config(args):
+    from mammo.components.config import load_config
+
+    return load_config(getattr(args, "profile", "paper"), getattr(args, "config", None), getattr(args, "set", None))
+
+
+def _add_config_args(p: argparse.ArgumentParser, default_profile: str = "paper") -> None:
+    p.add_argument("--profile", default=default_profile, choices=["paper", "demo"],
+                   help=f"settings profile (default: {default_profile})")
+    p.add_argument("--config", help="YAML/JSON file of settings overriding the profile")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set train.stage1_epochs=1 (repeatable)")
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# -- pipeline commands ---------------------------------------------------------------------------
+
+
+def cmd_synth(args) -> None:
+    from mammo.components.synth.logic import synthesize
+
+    summary = synthesize(args.out, per_class=args.per_class, seed=args.seed,
+                         image_shape=(args.image_rows, args.image_cols))
+    _print_json(summary.__dict__)
+
+
+def cmd_run(args) -> dict:
+    from mammo.pipelines.local_run import run_local
+
+    cfg = _config(args)
+    log.info("running the pipeline locally (kfp.local, subprocess runner): backbones %s, %d px patches",
+             cfg.train.backbones, cfg.patches.image_size)
+    summary = run_local(cfg, args.data, args.normals, args.out, args.serving_root, args.extract_shards)
+    _report_run(summary, Path(args.out))
+    return summary
+
+
+def _report_run(summary: dict, out: Path) -> None:
+    print("\n=== mammo run finished in %.0fs ===" % summary["seconds"])
+    c = summary["counts"]
+    print(f"rows read {c['rows_read']} = ingested {c['rows_ingested']} + rejected {c['rows_rejected']}")
+    for name, m in summary["backbones"].items():
+        print(f"{name}: validation macro AUC {m['validation']['macro_auc']:.4f} acc {m['validation']['accuracy']:.4f}"
+              f" | test macro AUC {m['test']['macro_auc']:.4f} acc {m['test']['accuracy']:.4f}")
+    g = summary["gate"]
+    if g:
+        print(f"selected {summary['selected_backbone']}: promoted={g['promoted']} ({g['reason']})")
+    if summary["serving"]:
+        s = summary["serving"]
+        print(f"deployed {s['model_name']} version {s['version']} at {s['path']}")
+    print(f"summary: {out / 'run-summary.json'}")
+
+
+def cmd_demo(args) -> None:
+    from mammo.components.synth.logic import synthesize
+
+    out = Path(args.out)
+    t0 = time.time()
+    log.info("demo 1/2: synthesising a CBIS-DDSM-like dataset (%d abnormalities per class) in %s",
+             args.per_class, out / "data")
+    synthesize(out / "data", per_class=args.per_class, seed=args.seed)
+    log.info("demo 2/2: running the pipeline with the demo profile")
+    args.data, args.normals = str(out / "data" / "cbis"), str(out / "data" / "normals")
+    args.profile, args.config = "demo", None
+    args.serving_root = args.serving_root or str(out / "serving")
+    summary = cmd_run(args)
+    print(f"demo done in {time.time() - t0:.0f}s")
+    if not (summary.get("gate") or {}).get("promoted"):
+        raise SystemExit("demo finished but no model was promoted: " + str((summary.get("gate") or {}).get("reason")))
+
+
+def cmd_compile(args) -> None:
+    from mammo.pipelines.pipeline import compile_pipeline
+
+    compile_pipeline(args.out)
+    print(f"compiled pipeline -> {args.out}")
+
+
+def cmd_submit(args) -> None:
+    from mammo.pipelines.remote import submit_run
+
+    run_id = submit_run(args.host, _config(args), args.data, args.normals, args.serving_root,
+                        experiment=args.experiment, run_name=args.run_name, extract_shards=args.extract_shards)
+    print(f"submitted run {run_id} to {args.host}")
+
+
+def cmd_schedule(args) -> None:
+    from mammo.pipelines.remote import schedule_runs
+
+    job_id = schedule_runs(args.host, _config(args), args.data, args.normals, args.serving_root, cron=args.cron,
+                           experiment=args.experiment, job_name=args.job_name, extract_shards=args.extract_shards)
+    print(f"scheduled recurring run {job_id} ({args.cron}) on {args.host}")
+
+
+def cmd_predict(args) -> None:
+    from mammo.components.deploy import predict
+
+    if args.model:
+        results = predict.predict_local(args.model, args.images)
+    elif args.server:
+        results = predict.predict_grpc(args.server, args.model_name, args.images, args.size)
+    else:
+        results = predict.predict_rest(args.rest, args.model_name, args.images, args.size)
+    _print_json(results)
+
+
+# -- step commands -------------------------------------------------------------------------------
+
+
+def cmd_ingest(args) -> None:
+    from mammo.components.ingest.logic import ingest
+
+    _print_json(ingest(args.data, args.normals, args.out, _config(args).ingest).to_dict())
+
+
+def cmd_validate(args) -> None:
+    import pandas as pd
+
+    from mammo.components.validate.logic import validate_cases
+
+    result = validate_cases(pd.read_parquet(Path(args.cases) / "cases.parquet"), args.out,
+                            min_per_class=args.min_per_class)
+    _print_json(result.__dict__)
+    if not result.success:
+        raise SystemExit("validation failed: " + "; ".join(result.critical_failures))
+
+
+def cmd_extract(args) -> None:
+    from dataclasses import asdict
+
+    from mammo.components.extract.logic import extract_patches
+
+    cfg = _config(args)
+    report = extract_patches(Path(args.cases) / "cases.parquet", args.out, cfg.patches, cfg.seed,
+                             shard_index=args.shard_index, num_shards=args.num_shards, workers=args.workers)
+    _print_json(asdict(report))
+
+
+def cmd_balance(args) -> None:
+    from dataclasses import asdict
+
+    from mammo.components.balance.logic import balance_split
+
+    cfg = _config(args)
+    _print_json(asdict(balance_split(args.patches, args.out, cfg.balance, cfg.seed)))
+
+
+def cmd_train(args) -> None:
+    from dataclasses import asdict
+
+    from mammo.components.train.logic import train_backbone
+
+    cfg = _config(args)
+    _print_json(asdict(train_backbone(args.dataset, args.backbone, args.out, cfg.train, cfg.seed)))
+
+
+def cmd_evaluate(args) -> None:
+    from mammo.components.evaluate.logic import evaluate_model
+
+    result = evaluate_model(Path(args.model) / "model.keras", args.dataset, args.out, args.backbone)
+    _print_json({s: {k: result[s][k] for k in ("n", "accuracy", "macro_auc", "macro_f1")} for s in ("validation", "test")})
+
+
+def cmd_deploy(args) -> None:
+    from mammo.components.deploy.logic import deploy
+
+    metadata = json.loads(Path(args.metadata).read_text()) if args.metadata else {}
+    pushed = deploy(Path(args.model) / "model.keras", args.serving_root, args.model_name, metadata,
+                    wait_for_rest_url=args.wait_for_rest_url or "")
+    _print_json(pushed.__dict__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mammo", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic CBIS-DDSM-layout dataset with learnable lesions")
+    p.add_argument("--out", required=True)
+    p.add_argument("--per-class", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-rows", type=int, default=512)
+    p.add_argument("--image-cols", type=int, default=320)
+    p.set_defaults(func=cmd_synth)
+
+    def run_args(p, data_required=True):
+        p.add_argument("--out", required=True, help="run directory (kfp.local outputs, run-summary.json)")
+        p.add_argument("--serving-root", help="model repository TF Serving reads (default: OUT/serving)")
+        p.add_argument("--extract-shards", type=int, default=1, help="parallel patch-extraction tasks")
+        if data_required:
+            p.add_argument("--data", required=True, help="CBIS-DDSM folder: the four CSVs and CBIS-DDSM/ tree")
+            p.add_argument("--normals", required=True, help="DDSM normals folder (DICOM, optional manifest.csv)")
+
+    p = sub.add_parser("run", help="run the whole pipeline locally (kfp.local)")
+    run_args(p)
+    _add_config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="synth + run with the demo profile (minutes on a laptop)")
+    p.add_argument("--out", default="demo-run")
+    p.add_argument("--per-class", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--serving-root")
+    p.add_argument("--extract-shards", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("compile", help="compile the pipeline to a KFP YAML")
+    p.add_argument("--out", default="pipeline.yaml")
+    p.set_defaults(func=cmd_compile)
+
+    for name, func in (("submit", cmd_submit), ("schedule", cmd_schedule)):
+        p = sub.add_parser(name, help=f"{name} the pipeline on a Kubeflow Pipelines API server")
+        p.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8080")
+        p.add_argument("--data", required=True, help="gs://bucket/prefix or a path mounted in the pods")
+        p.add_argument("--normals", required=True)
+        p.add_argument("--serving-root", required=True, help="model repository TF Serving reads")
+        p.add_argument("--experiment", default="mammo")
+        p.add_argument("--extract-shards", type=int, default=4)
+        if name == "submit":
+            p.add_argument("--run-name")
+        else:
+            p.add_argument("--cron", required=True, help="6-field KFP cron, e.g. '0 0 3 * * 0'")
+            p.add_argument("--job-name", default="mammo-retrain")
+        _add_config_args(p)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("predict", help="classify PNG or DICOM patches with a SavedModel or a TF Serving server")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a serving SavedModel directory (<root>/<name>/<version>)")
+    src.add_argument("--server", help="TF Serving gRPC HOST:PORT")
+    src.add_argument("--rest", help="TF Serving REST base URL, e.g. http://localhost:8501")
+    p.add_argument("--model-name", default="mammo")
+    p.add_argument("--size", type=int, default=None, help="patch size (remote only; default: read from the server)")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("ingest", help="step: CSVs + DICOM tree -> cases/rejects Parquet")
+    p.add_argument("--data", required=True)
+    p.add_argument("--normals", required=True)
+    p.add_argument("--out", required=True)
+    _add_config_args(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("validate", help="step: great-expectations suite over cases")
+    p.add_argument("--cases", required=True, help="ingest output folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--min-per-class", type=int, default=1)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("extract", help="step: patches (one shard) -> TFRecords + manifest")
+    p.add_argument("--cases", required=True, help="ingest output folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--shard-index", type=int, default=0)
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("balance", help="step: split by patient, balance, write split TFRecords")
+    p.add_argument("--patches", required=True, nargs="+", help="extract output folder(s)")
+    p.add_argument("--out", required=True)
+    _add_config_args(p)
+    p.set_defaults(func=cmd_balance)
+
+    p = sub.add_parser("train", help="step: three-stage fine-tuning of one backbone")
+    p.add_argument("--dataset", required=True, help="balance output folder")
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--out", required=True)
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="step: validation/test metrics of a trained model")
+    p.add_argument("--model", required=True, help="train output folder")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("deploy", help="step: export a serving SavedModel and push a new version")
+    p.add_argument("--model", required=True, help="train output folder")
+    p.add_argument("--serving-root", required=True)
+    p.add_argument("--model-name", default="mammo")
+    p.add_argument("--metadata", help="JSON file stored with the version (e.g. test metrics)")
+    p.add_argument("--wait-for-rest-url")
+    p.set_defaults(func=cmd_deploy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mammo.components.runtime import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Run the compiled-for-cluster pipeline on this machine with ``kfp.local`` and summarise it.
+
+``kfp.local.SubprocessRunner(use_venv=False)`` runs every lightweight component as a subprocess
+of the current Python, so the installed ``mammo`` package is what runs, exactly as in our images.
+Each step writes a ``report.json`` (with a ``step`` key) into its main output artifact; the run
+summary is assembled from those files after the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from mammo.components.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def run_local(cfg: Config, data_uri: str, normals_uri: str, out_dir: str | Path, serving_root: str | None = None,
+              extract_shards: int = 1) -> dict:
+    """Execute the pipeline locally; returns (and writes) ``out_dir/run-summary.json``."""
+    from kfp import local
+
+    from mammo.pipelines.pipeline import mammo_pipeline, pipeline_arguments
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    serving_root = str(Path(serving_root).resolve()) if serving_root else str(out_dir / "serving")
+    kfp_root = out_dir / "kfp"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root), raise_on_error=True)
+    args = pipeline_arguments(cfg, str(Path(data_uri).resolve()), str(Path(normals_uri).resolve()), serving_root,
+                              extract_shards)
+    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    before = set(kfp_root.glob("*")) if kfp_root.exists() else set()
+    start = time.time()
+    mammo_pipeline(**args)
+    run_dirs = sorted(set(kfp_root.glob("*")) - before, key=lambda p: p.stat().st_mtime)
+    if not run_dirs:
+        raise RuntimeError(f"kfp.local wrote no run directory under {kfp_root}")
+    summary = build_summary(run_dirs[-1], cfg)
+    summary["seconds"] = round(time.time() - start, 1)
+    summary["run_dir"] = str(run_dirs[-1])
+    (out_dir / "run-summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _reports(run_dir: Path) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for path in sorted(run_dir.rglob("report.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and "step" in data:
+            found.setdefault(data["step"], []).append(data)
+    return found
+
+
+def build_summary(run_dir: Path, cfg: Config) -> dict:
+    """``run-summary.json`` (ARCHITECTURE.md section 3) from the steps' reports of one run."""
+    reports = _reports(run_dir)
+    ingest = (reports.get("ingest") or [{}])[0]
+    totals = ingest.get("totals", {})
+    extract = reports.get("extract", [])
+    balance = (reports.get("balance") or [{}])[0]
+    gate = (reports.get("gate") or [None])[0]
+    deploy = (reports.get("deploy") or [None])[0]
+    summary: dict = {
+        "counts": {
+            "rows_read": totals.get("read"),
+            "rows_ingested": totals.get("ingested"),
+            "rows_rejected": totals.get("rejected"),
+            "per_input": ingest.get("counts"),
+            "reject_reasons": ingest.get("reject_reasons"),
+            "patches_extracted": _sum_dicts([e.get("patches_per_class", {}) for e in extract]),
+            "extract_rejected_cases": sum(e.get("cases_rejected", 0) for e in extract),
+            "patches_per_class_and_split": balance.get("counts"),
+            "dropped_overlap_patients": len(balance.get("dropped_overlap_patients", [])),
+        },
+        "backbones": {},
+        "selected_backbone": None,
+        "gate": None,
+        "serving": None,
+        "config": {"backbones": cfg.train.backbones, "image_size": cfg.patches.image_size,
+                   "balance_mode": cfg.balance.mode},
+    }
+    for ev in reports.get("evaluate", []):
+        summary["backbones"][ev["backbone"]] = {
+            split: {k: ev[split][k] for k in ("n", "accuracy", "macro_auc", "macro_f1", "per_class",
+                                               "confusion_matrix")}
+            for split in ("validation", "test")
+        }
+        summary["backbones"][ev["backbone"]]["train"] = ev.get("train")
+    if gate:
+        summary["selected_backbone"] = gate["selected_backbone"]
+        summary["gate"] = {k: gate[k] for k in ("metric", "value", "threshold", "champion_value", "promoted",
+                                                  "reason")}
+    if deploy:
+        summary["serving"] = {k: deploy[k] for k in ("model_name", "version", "path")}
+    return summary
+
+
+def _sum_dicts(dicts: list[dict]) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
