@@ -46,6 +46,14 @@ class IngestConfig:
 
 
 @dataclass
+class ValidateConfig:
+    """Data validation (great-expectations suite over ``cases``)."""
+
+    #: every class needs at least this many cases (abnormalities / normal images)
+    min_per_class: int = 100
+
+
+@dataclass
 class PatchConfig:
     """Patch extraction (ROI-centred abnormal crops, tissue crops from normal CC views)."""
 
@@ -119,6 +127,10 @@ class TrainConfig:
     steps_per_epoch: int = 0
     mixed_precision: bool = False
     jit_compile: bool = False
+    #: batch-norm momentum override for the backbone (0 = keep the backbone's own, e.g. 0.99 or
+    #: 0.999). Training from scratch on little data needs a lower value (the demo uses 0.9) or the
+    #: moving statistics lag far behind the weights and validation predictions collapse to one class.
+    bn_momentum: float = 0.0
 
 
 @dataclass
@@ -146,6 +158,7 @@ class DeployConfig:
 class Config:
     seed: int = 1234
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -273,7 +286,8 @@ def demo_config() -> Config:
             "train.early_stopping_patience": 4,
             "train.plateau_patience": 3,
             "train.stage3_plateau_patience": 2,
-            "train.rotation_degrees": 90.0,
+            "train.bn_momentum": 0.9,
+            "validate.min_per_class": 5,
             "gate.auc_threshold": 0.75,
         }
     )

@@ -141,7 +141,7 @@ def cmd_validate(args) -> None:
     from mammo.components.validate.logic import validate_cases
 
     result = validate_cases(pd.read_parquet(Path(args.cases) / "cases.parquet"), args.out,
-                            min_per_class=args.min_per_class)
+                            min_per_class=_config(args).validate.min_per_class)
     _print_json(result.__dict__)
     if not result.success:
         raise SystemExit("validation failed: " + "; ".join(result.critical_failures))
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synth + run with the demo profile (minutes on a laptop)")
     p.add_argument("--out", default="demo-run")
-    p.add_argument("--per-class", type=int, default=40)
+    p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--serving-root")
     p.add_argument("--extract-shards", type=int, default=1)
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="step: great-expectations suite over cases")
     p.add_argument("--cases", required=True, help="ingest output folder")
     p.add_argument("--out", required=True)
-    p.add_argument("--min-per-class", type=int, default=1)
+    _add_config_args(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("extract", help="step: patches (one shard) -> TFRecords + manifest")

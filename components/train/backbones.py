@@ -79,6 +79,10 @@ def build_model(backbone: Backbone, image_size: int, cfg: TrainConfig):
     if backbone.keras_name.startswith("MobileNetV3"):
         kwargs["include_preprocessing"] = True  # like EfficientNet, it then expects 0..255 inputs
     base = app(**kwargs)
+    if cfg.bn_momentum:
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = cfg.bn_momentum
     preprocessing = backbone.preprocessing if cfg.preprocessing == "backbone" else "rescale"
     if cfg.preprocessing == "rescale" and backbone.keras_name.startswith(("EfficientNet", "MobileNetV3")):
         preprocessing = "none"  # their own rescaling layer already maps 0..255; x/255 twice would be wrong
