@@ -32,6 +32,9 @@ def serialize_patch(png: bytes, label: int, meta: dict[str, str]) -> bytes:
     def b(v: bytes) -> tf.train.Feature:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
 
+    from mammo.components.config import CLASS_NAMES
+
+    meta = {"label_name": CLASS_NAMES[int(label)], **meta}
     feature = {"image": b(png), "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))}
     for key in STRING_KEYS:
         feature[key] = b(str(meta.get(key, "")).encode())

@@ -60,7 +60,7 @@ def mammo_pipeline(
                               serving_root=serving_root).set_display_name("select_and_gate")
     gate.set_caching_options(False)
 
-    with dsl.If(gate.outputs["promoted"] == True, name="promoted"):  # noqa: E712 (KFP condition syntax)
+    with dsl.If(gate.outputs["Output"] == True, name="promoted"):  # noqa: E712 (KFP condition syntax)
         deploy = deploy_op(model=gate.outputs["selected_model"], decision=gate.outputs["decision"], config=config,
                            serving_root=serving_root).set_display_name("deploy")
         deploy.set_caching_options(False)

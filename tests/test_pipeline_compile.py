@@ -34,7 +34,7 @@ def test_compile_writes_gpu_train_loop_and_conditional_deploy(tmp_path):
 
     # deploy sits under a condition on the gate's promoted output
     cond = next(t for t in root.values() if "triggerPolicy" in t)
-    assert "promoted" in cond["triggerPolicy"]["condition"]
+    assert cond["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--select-and-gate-op-Output'] == true"
     cond_dag = spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
     assert list(cond_dag) == ["deploy-op"]
     assert "deploy-op" not in root

@@ -1,6 +1,6 @@
 """KFP wrapper of model selection and the promotion gate (logic: mammo.components.gate.logic)."""
 
-from typing import List, NamedTuple
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
@@ -11,11 +11,14 @@ from mammo.components.config import CPU_IMAGE
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def select_and_gate_op(evaluations: Input[List[Artifact]], models: Input[List[Model]], config: dict,
                        serving_root: str, decision: Output[Artifact],
-                       selected_model: Output[Model]) -> NamedTuple("GateOutputs", promoted=bool, backbone=str):
-    """Best backbone on validation; promote iff its test metric clears the threshold and the champion."""
+                       selected_model: Output[Model]) -> bool:
+    """Best backbone on validation; promote iff its test metric clears the threshold and the champion.
+
+    Returns ``promoted`` as the task's single output: kfp.local resolves a ``dsl.If`` on a task's
+    ``Output`` but not on a named output of a multi-output component (kfp 2.17).
+    """
     import json
     import shutil
-    from collections import namedtuple
     from pathlib import Path
 
     from mammo.components.config import Config
@@ -34,4 +37,4 @@ def select_and_gate_op(evaluations: Input[List[Artifact]], models: Input[List[Mo
     model_dirs = {json.loads((Path(m.path) / "report.json").read_text())["backbone"]: Path(m.path) for m in models}
     shutil.copytree(model_dirs[result.selected_backbone], selected_model.path, dirs_exist_ok=True)
     print(f"gate: selected {result.selected_backbone}; promoted={result.promoted}: {result.reason}")
-    return namedtuple("GateOutputs", ["promoted", "backbone"])(result.promoted, result.selected_backbone)
+    return result.promoted

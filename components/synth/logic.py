@@ -553,7 +553,7 @@ def _crop_box(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 @dataclass
-class _Header:
+class DicomHeader:
     patient_id: str
     patient_name: str
     birth_date: str
@@ -571,7 +571,7 @@ class _Header:
     bits_stored: int = 16
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, hdr: _Header) -> None:
+def write_dicom(path: Path, pixels: np.ndarray, hdr: DicomHeader) -> None:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
@@ -711,7 +711,7 @@ def _write_cbis_image(
     study, series, sop = uids.new(), uids.new(), uids.new()
     full_dir = (cbis_dir / "CBIS-DDSM" / folder / _study_folder(rng, full_date, study)
                 / f"1.000000-full mammogram images-{series[-5:]}")
-    full_hdr = _Header(patient_id=folder, patient_name=f"SYNTH^PATIENT{br.number}", birth_date=br.birth_date,
+    full_hdr = DicomHeader(patient_id=folder, patient_name=f"SYNTH^PATIENT{br.number}", birth_date=br.birth_date,
                        study_uid=study, series_uid=series, sop_uid=sop, date=full_date, time=_hhmmss(rng),
                        accession=_digits(rng, 8), series_description="full mammogram images", instance_number=1,
                        laterality=br.side[0], view=view)
@@ -719,16 +719,16 @@ def _write_cbis_image(
     plans = [_plan_roi(rng, uids, cbis_dir, br, view, folder, full_date, abn) for abn in br.abnormalities]
     # ... then draw with the image's own generator and write
     full, masks = _render(img_rng, noise, shape, view, br.side, br.density, br.abnormalities)
-    _write_dicom(full_dir / "1-1.dcm", full, full_hdr)
+    write_dicom(full_dir / "1-1.dcm", full, full_hdr)
     rows = []
     for plan, mask in zip(plans, masks):
         y0, y1, x0, x1 = _crop_box(mask)
         crop = np.ascontiguousarray(full[y0:y1, x0:x1])
         mask_instance = 3 - plan.crop_instance
-        _write_dicom(plan.directory / f"1-{plan.crop_instance}.dcm", crop,
-                     _Header(sop_uid=plan.crop_sop, instance_number=plan.crop_instance, **plan.header))
-        _write_dicom(plan.directory / f"1-{mask_instance}.dcm", mask,
-                     _Header(sop_uid=plan.mask_sop, instance_number=mask_instance, **plan.header))
+        write_dicom(plan.directory / f"1-{plan.crop_instance}.dcm", crop,
+                     DicomHeader(sop_uid=plan.crop_sop, instance_number=plan.crop_instance, **plan.header))
+        write_dicom(plan.directory / f"1-{mask_instance}.dcm", mask,
+                     DicomHeader(sop_uid=plan.mask_sop, instance_number=mask_instance, **plan.header))
         rows.append(_csv_row(br, view, plan.abn, full_csv, plan))
     return rows
 
@@ -840,13 +840,13 @@ def _write_normals(
                 if bits == 12:  # Howtek / Lumisys: 12-bit scanners
                     full = (full >> 4).astype(np.uint16)
                 rel = f"{pid}/{pid}_{side}_{view}.dcm"
-                hdr = _Header(
+                hdr = DicomHeader(
                     patient_id=pid, patient_name=f"SYNTH^NORMAL{n}", birth_date=birth, study_uid=study,
                     series_uid=uids.new(NORMAL_UID_PREFIX), sop_uid=uids.new(NORMAL_UID_PREFIX), date=date,
                     time=_hhmmss(rng), accession=accession, series_description=f"{side} {view}",
                     instance_number=1, laterality=side[0], view=view, manufacturer=scanner, bits_stored=bits,
                 )
-                _write_dicom(normals_dir / rel, full, hdr)
+                write_dicom(normals_dir / rel, full, hdr)
                 manifest.append([pid, side, view, rel, scanner, str(bits)])
                 bar.update(1)
     with open(normals_dir / "manifest.csv", "w", newline="", encoding="utf-8") as fh:

@@ -1,0 +1,29 @@
+"""Shared fixtures: a small synthetic CBIS-DDSM download, and where the real CSVs are."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+REAL_CSV_DIR = Path(os.environ.get("MAMMO_CBIS_CSV_DIR", Path(__file__).resolve().parents[2] / "shared/data/cbis-ddsm"))
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """``<dir>/cbis`` and ``<dir>/normals``: 12 rows per abnormal class, 12 normal CC images."""
+    from mammo.components.synth.logic import synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(out, per_class=12, seed=5, image_shape=(256, 160), progress=False)
+    return out
+
+
+@pytest.fixture
+def real_csv_dir() -> Path:
+    if not all((REAL_CSV_DIR / f).exists() for f in ("mass_case_description_train_set.csv",
+                                                      "calc_case_description_test_set.csv")):
+        pytest.skip(f"real CBIS-DDSM CSVs not found in {REAL_CSV_DIR} (set MAMMO_CBIS_CSV_DIR)")
+    return REAL_CSV_DIR

@@ -1,0 +1,115 @@
+"""Patch extraction: geometry helpers, lesion-centred patches, normal tissue crops, determinism."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mammo.components.config import IngestConfig, PatchConfig
+from mammo.components.extract.logic import (
+    breast_mask, crop_padded, extract_patches, mask_bbox, normal_crops, square_around,
+)
+from mammo.components.ingest.logic import ingest
+from mammo.components.tfrecords import iter_records, parse_example
+from mammo.components.imaging import decode_png
+
+CFG = PatchConfig(image_size=32, min_crop_size=24, normal_crop_size=48, normal_patches_per_image=2,
+                  records_per_shard=50)
+
+
+def test_bbox_and_square_are_centred_on_the_lesion():
+    mask = np.zeros((100, 80), bool)
+    mask[40:50, 20:36] = True
+    assert mask_bbox(mask) == (40, 20, 50, 36)
+    y0, x0, side = square_around((40, 20, 50, 36), margin=1.0, min_size=10)
+    assert side == 32 and (y0 + side / 2, x0 + side / 2) == (45, 28)
+    assert mask_bbox(np.zeros((4, 4), bool)) is None
+
+
+def test_small_lesions_get_the_minimum_crop():
+    assert square_around((10, 10, 12, 12), margin=1.0, min_size=64)[2] == 64
+
+
+def test_crop_at_the_border_is_zero_padded():
+    img = np.arange(1, 101, dtype=np.uint16).reshape(10, 10)
+    crop = crop_padded(img, -2, 7, 5)
+    assert crop.shape == (5, 5)
+    assert (crop[:2] == 0).all() and (crop[:, 3:] == 0).all()
+    assert crop[2, 0] == img[0, 7]
+
+
+def test_normal_crops_contain_only_tissue():
+    tissue = np.zeros((200, 120), bool)
+    yy, xx = np.mgrid[:200, :120]
+    tissue[((yy - 100) / 90) ** 2 + (xx / 100) ** 2 <= 1] = True  # half ellipse on the left edge
+    corners = normal_crops(tissue, 3, 40, 1.0, np.random.default_rng(0))
+    assert len(corners) == 3
+    for y, x in corners:
+        assert tissue[y:y + 40, x:x + 40].all()
+
+
+def test_no_crop_when_the_breast_is_too_small():
+    tissue = np.zeros((100, 100), bool)
+    tissue[:10, :10] = True
+    assert normal_crops(tissue, 2, 40, 0.98, np.random.default_rng(0)) == []
+
+
+def test_breast_mask_separates_tissue_from_background():
+    img = np.zeros((50, 50), np.uint8)
+    img[:, :25] = 120
+    m = breast_mask(img)
+    assert m[:, :25].all() and not m[:, 25:].any()
+
+
+@pytest.fixture(scope="module")
+def cases_path(synth_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ingest")
+    return ingest(synth_data / "cbis", synth_data / "normals", out, IngestConfig()).cases_path
+
+
+def test_extract_writes_every_case_as_patches_or_rejects(cases_path, tmp_path):
+    report = extract_patches(cases_path, tmp_path, CFG, seed=1, workers=2, progress=False)
+    cases = pd.read_parquet(cases_path)
+    used = cases[(cases["label"] != "normal") | (cases["view"] == "CC")]
+    assert report.cases_in == len(used) == report.cases_with_patches + report.cases_rejected
+    manifest = pd.read_parquet(tmp_path / "manifest.parquet")
+    assert set(manifest["case_id"]) | set(pd.read_parquet(tmp_path / "rejects.parquet")["case_id"]) == set(used["case_id"])
+    assert (manifest[manifest["label"] == "normal"].groupby("case_id").size() <= 2).all()
+    records = [parse_example(r) for r in iter_records(sorted(tmp_path.glob("*.tfrecord")))]
+    assert len(records) == len(manifest)
+    assert all(decode_png(r["image"]).shape == (32, 32) for r in records)
+    assert {r["patch_id"] for r in records} == set(manifest["patch_id"])
+    for name in ("calc_benign", "mass_malignant", "normal"):
+        assert (tmp_path / f"preview_{name}.png").exists()
+    assert "data:image/png;base64" in (tmp_path / "preview.html").read_text()
+
+
+def test_lesion_is_centred_and_brighter_than_its_surroundings(cases_path, tmp_path):
+    extract_patches(cases_path, tmp_path, CFG, seed=1, workers=1, progress=False)
+    records = [parse_example(r) for r in iter_records(sorted(tmp_path.glob("*.tfrecord")))]
+    masses = [decode_png(r["image"]).astype(float) for r in records if r["label_name"].startswith("mass")]
+    centre = np.mean([m[12:20, 12:20].mean() for m in masses])
+    border = np.mean([np.concatenate([m[:3].ravel(), m[-3:].ravel()]).mean() for m in masses])
+    assert centre > border + 10
+
+
+def test_rerunning_a_shard_yields_the_same_bytes(cases_path, tmp_path):
+    a = extract_patches(cases_path, tmp_path / "a", CFG, seed=1, shard_index=1, num_shards=2, workers=2, progress=False)
+    b = extract_patches(cases_path, tmp_path / "b", CFG, seed=1, shard_index=1, num_shards=2, workers=1, progress=False)
+    assert a.files == b.files
+    for f in a.files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+def test_shards_partition_the_cases(cases_path, tmp_path):
+    reports = [extract_patches(cases_path, tmp_path / str(i), CFG, seed=1, shard_index=i, num_shards=3, workers=1,
+                               progress=False) for i in range(3)]
+    whole = extract_patches(cases_path, tmp_path / "all", CFG, seed=1, workers=1, progress=False)
+    assert sum(r.cases_in for r in reports) == whole.cases_in
+    ids = [set(pd.read_parquet(tmp_path / str(i) / "manifest.parquet")["patch_id"]) for i in range(3)]
+    assert set.union(*ids) == set(pd.read_parquet(tmp_path / "all/manifest.parquet")["patch_id"])
+    assert sum(len(s) for s in ids) == len(set.union(*ids))
+
+
+def test_bad_shard_index_is_an_error(cases_path, tmp_path):
+    with pytest.raises(ValueError, match="shard_index"):
+        extract_patches(cases_path, tmp_path, CFG, seed=1, shard_index=3, num_shards=3)
