@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        log.error("%s", exc)
+        # a clear one-line error for users; the traceback with --verbose
+        log.error("%s", exc, exc_info=args.verbose)
         return 1
     return 0
 

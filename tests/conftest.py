@@ -8,7 +8,15 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-REAL_CSV_DIR = Path(os.environ.get("MAMMO_CBIS_CSV_DIR", Path(__file__).resolve().parents[2] / "shared/data/cbis-ddsm"))
+def _real_csv_dir() -> Path:
+    """MAMMO_CBIS_CSV_DIR, else ``../shared/data/cbis-ddsm`` beside the checkout, else the workspace copy."""
+    if os.environ.get("MAMMO_CBIS_CSV_DIR"):
+        return Path(os.environ["MAMMO_CBIS_CSV_DIR"])
+    candidates = [Path(__file__).resolve().parents[2] / "shared/data/cbis-ddsm", Path("/work/shared/data/cbis-ddsm")]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+REAL_CSV_DIR = _real_csv_dir()
 
 
 @pytest.fixture(scope="session")

@@ -45,3 +45,12 @@ def test_local_run_ingests_trains_gates_deploys_and_the_model_predicts(synth_dat
     for r in results:
         assert abs(sum(r["probabilities"].values()) - 1.0) < 1e-3
         assert r["class_name"] in r["probabilities"]
+
+    # a second run against the same serving root: the champion is read back; a failing gate pushes nothing
+    strict = cfg.with_overrides({"gate.auc_threshold": 1.01})
+    second = run_local(strict, synth_data / "cbis", synth_data / "normals", tmp_path / "run2",
+                       serving_root=tmp_path / "run/serving")
+    assert second["gate"]["promoted"] is False and "< threshold 1.0100" in second["gate"]["reason"]
+    assert second["gate"]["champion_value"] == gate["value"]
+    assert second["serving"] is None
+    assert sorted(p.name for p in (tmp_path / "run/serving/mammo").iterdir()) == ["1"]

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from mammo.components.synth.logic import CALC_HEADER, CLASSES, MASS_HEADER, SCANNERS, synthesize
 
-REAL_CSV_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cbis-ddsm"
+from conftest import REAL_CSV_DIR  # noqa: E402
 PER_CLASS = 8
 SEED = 3
 
