@@ -8,7 +8,7 @@ from mammo.components.config import CPU_IMAGE
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def ingest_op(data_uri: str, normals_uri: str, config: dict, cases: Output[Dataset], rejects: Output[Dataset]):
-    """CBIS-DDSM CSVs + DICOM tree + normals -> cases (Parquet dir) and rejects (Parquet)."""
+    """CBIS-DDSM CSVs + image tree + normals (local or gs://) -> cases (Parquet dir) and rejects (Parquet)."""
     import shutil
 
     from mammo.components.config import Config
@@ -16,6 +16,9 @@ def ingest_op(data_uri: str, normals_uri: str, config: dict, cases: Output[Datas
     from mammo.components.runtime import artifact_dir, setup_logging
 
     setup_logging()
-    report = ingest(data_uri, normals_uri, artifact_dir(cases.path), Config.from_dict(config).ingest)
+    cfg = Config.from_dict(config)
+    report = ingest(data_uri, normals_uri, artifact_dir(cases.path), cfg.ingest, seed=cfg.seed,
+                    validation_fraction=cfg.balance.validation_fraction)
     shutil.copyfile(report.rejects_path, rejects.path)
-    cases.metadata.update({"rows": report.totals.ingested, "rejected": report.totals.rejected})
+    cases.metadata.update({"rows": report.totals.ingested, "rejected": report.totals.rejected,
+                           "resolution": report.resolution})

@@ -3,13 +3,21 @@
 The suite lives next to this module in ``expectations.json`` (versioned with the code, loaded at
 run time). Each expectation carries ``meta.severity``: ``critical`` failures fail the run, ``warning``
 failures are reported only (e.g. the 31 CBIS-DDSM patients found in both train and test, which
-balance_split drops). The run-time parameter ``min_per_class`` reaches the suite as the GX suite
-parameter ``$PARAMETER: min_per_class``.
+balance_split drops). The run-time parameters ``min_per_class``, ``min_image_side`` and
+``max_image_side`` reach the suite as GX suite parameters (``{"$PARAMETER": "min_per_class"}``).
+
+What the suite checks: the exact column set; required values; value sets (label, type, pathology,
+split, subset, side, view, bits, photometric interpretation, format, source; DICOM modality);
+``case_id`` and ``(patient, side, view, abnormality id)`` uniqueness; resolved, absolute image
+URIs; image header checks (size bounds, mask size equals image size, pixel spacing); per-class
+minimum counts; no patient in both ``train`` and ``validation`` (critical); the official
+train/test patient overlap (a warning, counted in the statistics).
 
 Checks that span rows or columns are computed into boolean / count columns first
 (:func:`derive_check_columns`) so plain column expectations can test them and the Data Docs show
 them: ``label_consistent``, ``label_index_consistent``, ``mask_matches_image``,
-``roi_mask_consistent``, ``source_consistent``, ``patient_in_both_splits`` and ``class_count``.
+``roi_mask_consistent``, ``source_consistent``, ``subset_consistent``, ``patient_in_both_splits``,
+``patient_in_train_and_validation`` and ``class_count``.
 
 Outputs (in ``out_dir``):
 
@@ -58,7 +66,9 @@ DERIVED_COLUMNS: tuple[str, ...] = (
     "mask_matches_image",
     "roi_mask_consistent",
     "source_consistent",
+    "subset_consistent",
     "patient_in_both_splits",
+    "patient_in_train_and_validation",
     "class_count",
 )
 
@@ -158,10 +168,17 @@ def derive_check_columns(cases: pd.DataFrame) -> pd.DataFrame:
         (label == "normal") == (_column(df, "source") == "ddsm-normal"), idx
     ) & label.notna()
 
-    patient = _column(df, "patient_id")
     splits = _column(df, "split")
+    subset = _column(df, "subset")
+    df["subset_consistent"] = _as_bool((splits == "test") == (subset == "test"), idx) & subset.notna()
+
+    patient = _column(df, "patient_id")
     splits_per_patient = splits.groupby(patient, dropna=True).transform("nunique")
     df["patient_in_both_splits"] = _as_bool(splits_per_patient > 1, idx)
+    # train / validation leakage: a patient with rows in both subsets (test rows do not count)
+    trainval = subset.where(subset.isin(["train", "validation"]))
+    subsets_per_patient = trainval.groupby(patient, dropna=True).transform("nunique")
+    df["patient_in_train_and_validation"] = _as_bool(subsets_per_patient > 1, idx) & trainval.notna()
 
     # per-row size of the row's class; classes absent altogether are caught by the
     # distinct-values expectation on `label`
@@ -245,7 +262,7 @@ def _make_context(docs_dir: Path) -> AbstractDataContext:
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def _run_suite(df: pd.DataFrame, spec: dict[str, Any], min_per_class: int, docs_dir: Path) -> dict[str, Any]:
+def _run_suite(df: pd.DataFrame, spec: dict[str, Any], parameters: dict[str, int], docs_dir: Path) -> dict[str, Any]:
     """Validate ``df`` against the suite through a Checkpoint that also builds the Data Docs.
 
     Returns the GX ExpectationSuiteValidationResult as a JSON-able dict.
@@ -275,10 +292,10 @@ def _run_suite(df: pd.DataFrame, spec: dict[str, Any], min_per_class: int, docs_
             },
         )
     )
-    # the dataframe is bound at run time (whole-dataframe batch definition), as is min_per_class
+    # the dataframe is bound at run time (whole-dataframe batch definition), as are the parameters
     result = checkpoint.run(
         batch_parameters={"dataframe": df},
-        expectation_parameters={"min_per_class": int(min_per_class)},
+        expectation_parameters={k: int(v) for k, v in parameters.items()},
         run_id=RunIdentifier(run_name="validate_data"),
     )
     (validation_result,) = result.run_results.values()
@@ -317,6 +334,15 @@ def _table_notes(df: pd.DataFrame, class_counts: dict[str, int], min_per_class: 
     if short:
         notes["class_count"] = f"classes below min_per_class={min_per_class}: " + ", ".join(short)
     if "patient_id" in df.columns:
+        leak = df.loc[df["patient_in_train_and_validation"], "patient_id"]
+        leaking = sorted(leak.dropna().astype(str).unique())
+        if leaking:
+            more = ", ..." if len(leaking) > 10 else ""
+            notes["patient_in_train_and_validation"] = (
+                f"{len(leaking)} patient(s) with {len(leak)} rows in both train and validation: "
+                + ", ".join(leaking[:10])
+                + more
+            )
         both = df.loc[df["patient_in_both_splits"], "patient_id"]
         patients = sorted(both.dropna().astype(str).unique())
         if patients:
@@ -370,7 +396,7 @@ def _observed(entry: dict[str, Any], notes: dict[str, str] | None = None) -> str
 
 def _parameters(kwargs: dict[str, Any], limit: int = 120) -> str:
     """The expectation's arguments other than its column (and GX's batch id); long lists abridged."""
-    shown = {k: v for k, v in kwargs.items() if k not in ("batch_id", "column")}
+    shown = {k: v for k, v in kwargs.items() if k not in ("batch_id", "column", "column_list", "condition_parser")}
     parts = []
     for k, v in shown.items():
         text = _short(v, limit)
@@ -381,7 +407,11 @@ def _parameters(kwargs: dict[str, Any], limit: int = 120) -> str:
 
 
 def _target(kwargs: dict[str, Any]) -> str:
-    return str(kwargs["column"]) if "column" in kwargs else "(table)"
+    if "column" in kwargs:
+        return str(kwargs["column"])
+    if "column_list" in kwargs:
+        return "(" + ", ".join(map(str, kwargs["column_list"])) + ")"
+    return "(table)"
 
 
 def _failure_line(entry: dict[str, Any], notes: dict[str, str] | None = None) -> str:
@@ -475,6 +505,9 @@ def render_html(
  &middot; min_per_class {stats['min_per_class']} &middot; {stats['evaluated_expectations']} expectations evaluated,
  {stats['successful_expectations']} met &middot; {stats['seconds']:.1f} s</div>
 {banner}
+<p class="meta">patients in both official CBIS-DDSM train and test: {stats.get('patients_in_both_splits', 0)} (reported;
+balance_split drops them from train/validation) &middot; patients in both train and validation:
+{stats.get('patients_in_train_and_validation', 0)}</p>
 {bullet_list('Critical failures (fail the run)', summary['critical_failures'])}
 {bullet_list('Warnings (reported only)', summary['warnings'])}
 <h2>Rows per class</h2>
@@ -494,11 +527,41 @@ page; the raw result is in <code>validation_result.json</code>.</p>
 # -- the step ------------------------------------------------------------------------------------
 
 
-def validate_cases(cases: pd.DataFrame, out_dir: str | Path, min_per_class: int = 1) -> ValidationResult:
+class ValidationRunError(RuntimeError):
+    """The suite could not be run at all (not: the data failed it); ``html_path`` explains it."""
+
+    def __init__(self, message: str, html_path: str):
+        super().__init__(message)
+        self.html_path = html_path
+
+
+def _error_page(out_dir: Path, exc: BaseException) -> str:
+    """A self-contained page saying why validation could not run (the HTML artifact is always made)."""
+    path = out_dir / "validation.html"
+    path.write_text(
+        f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>validate_data: error</title><style>{_CSS}</style></head>
+<body><h1>validate_data: the <code>cases</code> table</h1>
+<div class="banner bad">ERROR: the validation suite could not be run</div>
+<p><code>{_e(type(exc).__name__)}: {_e(str(exc)[:2000])}</code></p></body></html>
+""",
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+def validate_cases(
+    cases: pd.DataFrame,
+    out_dir: str | Path,
+    min_per_class: int = 1,
+    min_image_side: int = 64,
+    max_image_side: int = 12000,
+) -> ValidationResult:
     """Validate ``cases`` against the versioned suite; write the Data Docs, HTML page and JSON result.
 
     Never raises on bad data: the caller fails the run when ``success`` is False (a critical
-    expectation failed). Warnings never affect ``success``.
+    expectation failed). Warnings never affect ``success``. If the suite itself cannot run,
+    an error page is still written and :class:`ValidationRunError` is raised.
     """
     import great_expectations as gx
 
@@ -510,9 +573,15 @@ def validate_cases(cases: pd.DataFrame, out_dir: str | Path, min_per_class: int 
         # a re-run into the same folder must not list stale validation pages in the index
         shutil.rmtree(docs_dir)
 
-    spec = load_suite_spec()
-    df = derive_check_columns(cases)
-    raw = _run_suite(df, spec, min_per_class, docs_dir)
+    parameters = {"min_per_class": min_per_class, "min_image_side": min_image_side, "max_image_side": max_image_side}
+    try:
+        spec = load_suite_spec()
+        df = derive_check_columns(cases)
+        raw = _run_suite(df, spec, parameters, docs_dir)
+    except Exception as exc:
+        html_path = _error_page(out_dir, exc)
+        log.error("validate_data could not run the suite: %s: %s", type(exc).__name__, exc)
+        raise ValidationRunError(f"validation could not run: {type(exc).__name__}: {exc}", html_path) from exc
     # GX returns results grouped by its metric graph, not in suite order: restore the suite order
     position = {_key(exp): i for i, exp in enumerate(spec["expectations"])}
     results: list[dict[str, Any]] = sorted(
@@ -534,7 +603,15 @@ def validate_cases(cases: pd.DataFrame, out_dir: str | Path, min_per_class: int 
         "rows": int(len(cases)),
         "class_counts": class_counts,
         "min_per_class": int(min_per_class),
+        "min_image_side": int(min_image_side),
+        "max_image_side": int(max_image_side),
+        # the official CBIS-DDSM train/test overlap (31 patients in the real data): reported only
         "patients_in_both_splits": int(df.loc[df["patient_in_both_splits"], "patient_id"].nunique())
+        if "patient_id" in df.columns
+        else 0,
+        "patients_in_train_and_validation": int(
+            df.loc[df["patient_in_train_and_validation"], "patient_id"].nunique()
+        )
         if "patient_id" in df.columns
         else 0,
         "seconds": round(time.perf_counter() - started, 2),
@@ -582,6 +659,7 @@ __all__ = [
     "DERIVED_COLUMNS",
     "SUITE_PATH",
     "ValidationResult",
+    "ValidationRunError",
     "derive_check_columns",
     "load_suite_spec",
     "render_html",

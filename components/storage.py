@@ -1,0 +1,436 @@
+"""The one place where mammo touches files: a local path or ``gs://bucket/prefix``, one API for both.
+
+Every step that reads inputs which may live in Google Cloud Storage goes through here, so local runs
+and cluster runs take the same code path:
+
+* :func:`list_files` lists a tree once (``os.walk`` locally, one paginated ``list_blobs`` on GCS)
+  and returns :class:`Entry` objects (URI, path relative to the root, size);
+* :func:`open_read` returns a seekable binary file object. On GCS it reads lazily with ranged
+  downloads (:class:`GcsRangeReader` behind an ``io.BufferedReader``), so parsing a DICOM header
+  with ``pydicom.dcmread(fp, stop_before_pixels=True)`` fetches only the first block of a
+  50 MB mammogram, never the whole object and never the bucket;
+* :func:`read_bytes` (whole object or a byte range), :func:`exists`, :func:`write_bytes` /
+  :func:`write_text`;
+* :func:`local_copy` yields a local :class:`~pathlib.Path` for libraries that need one: the file
+  itself when local, else the object streamed in chunks to a temporary file that is removed
+  afterwards.
+
+Transient GCS errors (429, 5xx, dropped connections, timeouts) are retried with exponential
+backoff by ``google.api_core.retry.Retry`` (:data:`RETRY`); other errors (404, 403) surface at
+once. With ``STORAGE_EMULATOR_HOST`` set, the client talks to that emulator anonymously (tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING
+
+from google.api_core import exceptions as api_exceptions
+from google.api_core import retry as api_retry
+
+if TYPE_CHECKING:
+    from google.cloud.storage import Blob, Client
+
+log = logging.getLogger(__name__)
+
+GCS_SCHEME = "gs://"
+#: block size of lazy ranged reads (a DICOM header fits in the first block)
+READ_BLOCK = 64 * 1024
+#: chunk size when streaming an object to a local file
+COPY_CHUNK = 8 * 1024 * 1024
+
+
+def _transient_types() -> tuple[type[BaseException], ...]:
+    import requests
+
+    return (
+        api_exceptions.TooManyRequests,
+        api_exceptions.InternalServerError,
+        api_exceptions.BadGateway,
+        api_exceptions.ServiceUnavailable,
+        api_exceptions.GatewayTimeout,
+        requests.exceptions.ConnectionError,
+        requests.exceptions.ChunkedEncodingError,
+        requests.exceptions.Timeout,
+        ConnectionError,
+        TimeoutError,
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: throttling, server errors, dropped connections, timeouts."""
+    return isinstance(exc, _transient_types())
+
+
+#: retry policy of every GCS call made here (exponential backoff, 2 minutes in all)
+RETRY = api_retry.Retry(predicate=is_transient, initial=0.1, maximum=10.0, multiplier=2.0, timeout=120.0)
+
+
+class StorageError(RuntimeError):
+    """A file or object could not be read or written (the message names the URI)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of a listed tree."""
+
+    #: absolute local path or ``gs://bucket/name``
+    uri: str
+    #: POSIX path relative to the listed root
+    rel: str
+    size: int
+
+    @property
+    def name(self) -> str:
+        return self.rel.rpartition("/")[2]
+
+    @property
+    def parent(self) -> str:
+        """Relative folder of the file ('' at the root)."""
+        return self.rel.rpartition("/")[0]
+
+
+# -- URIs ----------------------------------------------------------------------------------------
+
+
+def is_gcs(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith(GCS_SCHEME)
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> (``bucket``, ``a/b``)."""
+    if not is_gcs(uri):
+        raise ValueError(f"{uri!r} is not a gs:// URI")
+    bucket, _, name = uri[len(GCS_SCHEME):].partition("/")
+    if not bucket:
+        raise ValueError(f"{uri!r} names no bucket")
+    return bucket, name
+
+
+def normalize_root(uri: str | os.PathLike) -> str:
+    """A root URI in canonical form: ``gs://bucket/prefix`` without a trailing slash, or an absolute path."""
+    text = str(uri)
+    if is_gcs(text):
+        bucket, name = split_gcs(text)
+        name = name.strip("/")
+        return f"{GCS_SCHEME}{bucket}/{name}" if name else f"{GCS_SCHEME}{bucket}"
+    return str(Path(text).expanduser().resolve())
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """``base`` joined with POSIX ``parts`` (for GCS with '/', locally with the OS separator)."""
+    base = str(base)
+    if is_gcs(base):
+        tail = "/".join(p.strip("/") for p in parts if p)
+        return base.rstrip("/") + ("/" + tail if tail else "")
+    return str(Path(base, *parts))
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+_client_lock = threading.Lock()
+_clients: dict[str | None, Client] = {}
+
+
+def client() -> Client:
+    """A process-wide ``google.cloud.storage.Client`` (one per emulator host, for tests).
+
+    Uses Application Default Credentials; without any, falls back to an anonymous client (public
+    buckets only) and says so. With ``STORAGE_EMULATOR_HOST`` set the client is anonymous.
+    """
+    from google.cloud import storage as gcs
+
+    key = os.environ.get("STORAGE_EMULATOR_HOST")
+    with _client_lock:
+        if key not in _clients:
+            if key:
+                _clients[key] = gcs.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "test"))
+            else:
+                from google.auth.exceptions import DefaultCredentialsError
+
+                try:
+                    _clients[key] = gcs.Client()
+                except (DefaultCredentialsError, OSError) as exc:
+                    log.warning("no Google Cloud credentials (%s): using an anonymous client", type(exc).__name__)
+                    _clients[key] = gcs.Client.create_anonymous_client()
+        return _clients[key]
+
+
+def _blob(uri: str) -> Blob:
+    bucket, name = split_gcs(uri)
+    if not name:
+        raise ValueError(f"{uri!r} names a bucket, not an object")
+    return client().bucket(bucket).blob(name)
+
+
+def _gcs_error(uri: str, exc: Exception) -> StorageError:
+    if isinstance(exc, api_exceptions.NotFound):
+        return StorageError(f"{uri}: no such object")
+    return StorageError(f"{uri}: {type(exc).__name__}: {exc}")
+
+
+# -- listing -------------------------------------------------------------------------------------
+
+
+def list_files(root: str | os.PathLike) -> list[Entry]:
+    """Every file under ``root`` (recursively), sorted by relative path; [] if there is none.
+
+    One pass: ``os.walk`` locally, one paginated ``list_blobs(prefix=...)`` on GCS. GCS "folder"
+    placeholder objects (names ending in '/') are skipped.
+    """
+    root = normalize_root(root)
+    entries: list[Entry] = []
+    if is_gcs(root):
+        bucket, prefix = split_gcs(root)
+        prefix = prefix + "/" if prefix else ""
+        try:
+            for blob in client().list_blobs(bucket, prefix=prefix, retry=RETRY):
+                if blob.name.endswith("/"):
+                    continue
+                rel = blob.name[len(prefix):]
+                entries.append(Entry(f"{GCS_SCHEME}{bucket}/{blob.name}", rel, int(blob.size or 0)))
+        except api_exceptions.GoogleAPICallError as exc:
+            raise _gcs_error(root, exc) from exc
+    else:
+        base = Path(root)
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for f in filenames:
+                p = Path(dirpath, f)
+                try:
+                    size = p.stat().st_size
+                except OSError:  # a dangling link: listed, and reading it will say why
+                    size = 0
+                entries.append(Entry(str(p), p.relative_to(base).as_posix(), size))
+    entries.sort(key=lambda e: e.rel)
+    log.debug("listed %d files under %s", len(entries), root)
+    return entries
+
+
+def is_dir(uri: str | os.PathLike) -> bool:
+    """A local directory, or a GCS prefix with at least one object under it."""
+    uri = normalize_root(uri)
+    if not is_gcs(uri):
+        return Path(uri).is_dir()
+    bucket, prefix = split_gcs(uri)
+    try:
+        blobs = client().list_blobs(bucket, prefix=(prefix + "/") if prefix else "", max_results=1, retry=RETRY)
+        return any(True for _ in blobs)
+    except api_exceptions.GoogleAPICallError as exc:
+        raise _gcs_error(uri, exc) from exc
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    """Whether a file / object exists."""
+    uri = str(uri)
+    if not is_gcs(uri):
+        return Path(uri).is_file()
+    try:
+        return bool(_blob(uri).exists(retry=RETRY))
+    except api_exceptions.GoogleAPICallError as exc:
+        raise _gcs_error(uri, exc) from exc
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def read_bytes(uri: str | os.PathLike, start: int = 0, end: int | None = None) -> bytes:
+    """The bytes ``[start, end)`` of a file (the whole file by default)."""
+    uri = str(uri)
+    if not is_gcs(uri):
+        with open(uri, "rb") as fh:
+            fh.seek(start)
+            return fh.read() if end is None else fh.read(max(0, end - start))
+    if end is not None and end <= start:
+        return b""
+    try:
+        if start == 0 and end is None:
+            return _blob(uri).download_as_bytes(retry=RETRY)
+        # a partial download cannot be checksummed; download_as_bytes' `end` is inclusive
+        return _blob(uri).download_as_bytes(
+            start=start, end=None if end is None else end - 1, checksum=None, retry=RETRY
+        )
+    except api_exceptions.RequestRangeNotSatisfiable:
+        return b""
+    except api_exceptions.GoogleAPICallError as exc:
+        raise _gcs_error(uri, exc) from exc
+
+
+def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
+    return read_bytes(uri).decode(encoding)
+
+
+class GcsRangeReader(io.RawIOBase):
+    """A seekable, read-only raw stream over one GCS object, fetched by ranged downloads.
+
+    Wrap it in ``io.BufferedReader`` (as :func:`open_read` does) so small reads become
+    :data:`READ_BLOCK`-sized requests. The object size is taken from the listing when known,
+    otherwise fetched once (only ``seek(..., SEEK_END)`` needs it).
+    """
+
+    def __init__(self, uri: str, size: int | None = None):
+        super().__init__()
+        self.uri = uri
+        self._blob = _blob(uri)
+        self._size = size
+        self._pos = 0
+        #: bytes downloaded so far (for tests and logs)
+        self.bytes_fetched = 0
+
+    @property
+    def name(self) -> str:  # io.BufferedReader and pydicom look for it
+        return self.uri
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def _object_size(self) -> int:
+        if self._size is None:
+            try:
+                self._blob.reload(retry=RETRY)
+            except api_exceptions.GoogleAPICallError as exc:
+                raise _gcs_error(self.uri, exc) from exc
+            self._size = int(self._blob.size or 0)
+        return self._size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._object_size() + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise OSError(f"{self.uri}: negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        n = len(buffer)
+        if n == 0 or (self._size is not None and self._pos >= self._size):
+            return 0
+        data = read_bytes(self.uri, self._pos, self._pos + n)
+        k = len(data)
+        buffer[:k] = data
+        self._pos += k
+        self.bytes_fetched += k
+        return k
+
+
+@contextlib.contextmanager
+def open_read(uri: str | os.PathLike, size: int | None = None, block: int = READ_BLOCK) -> Iterator[IO[bytes]]:
+    """A seekable binary file object for reading; lazily fetched in ``block``-sized ranges on GCS."""
+    uri = str(uri)
+    if not is_gcs(uri):
+        with open(uri, "rb") as fh:
+            yield fh
+        return
+    raw = GcsRangeReader(uri, size=size)
+    with io.BufferedReader(raw, buffer_size=block) as fh:
+        yield fh
+
+
+@contextlib.contextmanager
+def local_copy(uri: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """A local path holding the file's bytes while the context is open.
+
+    Local files are yielded as they are (no copy). GCS objects are streamed in
+    :data:`COPY_CHUNK` ranges into a temporary file (same suffix as the object, so readers that
+    look at the extension still work), which is deleted on exit.
+    """
+    uri = str(uri)
+    if not is_gcs(uri):
+        yield Path(uri)
+        return
+    suffix = suffix if suffix is not None else PurePosixPath(split_gcs(uri)[1]).suffix
+    fd, tmp = tempfile.mkstemp(prefix="mammo-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as out, open_read(uri, block=COPY_CHUNK) as src:
+            shutil.copyfileobj(src, out, COPY_CHUNK)
+        yield Path(tmp)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes, content_type: str = "application/octet-stream") -> None:
+    """Write a whole file / object (parents created locally). Rewriting the same bytes is idempotent,
+    so uploads are retried like reads."""
+    uri = str(uri)
+    if not is_gcs(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri).write_bytes(data)
+        return
+    try:
+        _blob(uri).upload_from_string(data, content_type=content_type, retry=RETRY)
+    except api_exceptions.GoogleAPICallError as exc:
+        raise _gcs_error(uri, exc) from exc
+
+
+def write_text(uri: str | os.PathLike, text: str, content_type: str = "text/plain; charset=utf-8") -> None:
+    write_bytes(uri, text.encode("utf-8"), content_type=content_type)
+
+
+def upload_tree(local_dir: str | os.PathLike, uri: str) -> int:
+    """Copy every file under ``local_dir`` to ``uri`` (``gs://bucket/prefix``), keeping relative paths.
+
+    Returns the number of files copied.
+    """
+    local_dir = Path(local_dir)
+    n = 0
+    for entry in list_files(local_dir):
+        target = join(uri, entry.rel)
+        if is_gcs(target):
+            try:
+                _blob(target).upload_from_filename(entry.uri, retry=RETRY)
+            except api_exceptions.GoogleAPICallError as exc:
+                raise _gcs_error(target, exc) from exc
+        else:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(entry.uri, target)
+        n += 1
+    return n
+
+
+__all__ = [
+    "Entry",
+    "GcsRangeReader",
+    "RETRY",
+    "StorageError",
+    "client",
+    "exists",
+    "is_dir",
+    "is_gcs",
+    "is_transient",
+    "join",
+    "list_files",
+    "local_copy",
+    "normalize_root",
+    "open_read",
+    "read_bytes",
+    "read_text",
+    "split_gcs",
+    "upload_tree",
+    "write_bytes",
+    "write_text",
+]
