@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from mammo.components.balance.logic import (
-    LeakageError, assign_splits, balance, balance_split, check_no_leakage,
+    BalanceReport, LeakageError, assign_splits, balance, balance_split, check_no_leakage, counts_markdown,
 )
-from mammo.components.config import CLASS_NAMES, BalanceConfig
+from mammo.components.config import CLASS_NAMES, BalanceConfig, paper_config
 from mammo.components.imaging import encode_png
 from mammo.components.tfrecords import iter_records, parse_example, serialize_patch, write_records
 
@@ -97,3 +97,102 @@ def test_balance_split_writes_split_records_and_table_1(tmp_path):
     md = (tmp_path / "out/counts.md").read_text()
     assert "| class | train | validation | test | total |" in md and "P_0000" in md
     assert report.dropped_overlap_patients == ["P_0000"]
+
+
+# -- the paper's Table 1 with the real dataset sizes --------------------------------------------------
+
+# Abnormality rows (one per abnormality per view) per class and official split in the four CBIS-DDSM
+# case-description CSVs, BENIGN_WITHOUT_CALLBACK counted as benign: mass train 1318 = 681 benign +
+# 637 malignant, mass test 378 = 231 + 147, calc train 1546 = 1002 + 544, calc test 326 = 197 + 129.
+# (test_real_csvs_* below reads the same numbers from the CSVs when they are present.)
+CBIS_ROWS = {
+    ("mass_benign", "train"): 681, ("mass_malignant", "train"): 637,
+    ("mass_benign", "test"): 231, ("mass_malignant", "test"): 147,
+    ("calc_benign", "train"): 1002, ("calc_malignant", "train"): 544,
+    ("calc_benign", "test"): 197, ("calc_malignant", "test"): 129,
+}
+CBIS_OVERLAP_PATIENTS = 31  # patients in both the official training and test CSVs
+DDSM_NORMAL_PATIENTS = 695  # DDSM's normal volumes: 695 cases with CC views of both breasts
+
+
+def _normal_rows(cfg) -> list[dict]:
+    """Normal patches of the paper profile: two CC images per patient, ``normal_patches_per_image``
+    patches each; the first ``normal_test_fraction`` of the patients are test patients."""
+    rows = []
+    n_test = round(DDSM_NORMAL_PATIENTS * cfg.ingest.normal_test_fraction)
+    for p in range(DDSM_NORMAL_PATIENTS):
+        pid = f"N_{p:05d}"
+        for side in ("LEFT", "RIGHT"):
+            for k in range(cfg.patches.normal_patches_per_image):
+                rows.append({"patch_id": f"Normal_{pid}_{side}_CC#{k}", "patient_id": pid, "label": "normal",
+                             "split": "test" if p < n_test else "train"})
+    return rows
+
+
+def _paper_count_manifest(cfg) -> pd.DataFrame:
+    """A manifest of the real dataset's size: CC + MLO rows per breast, one breast per patient, and
+    31 test patients who are training patients too."""
+    rows, train_patients = [], []
+    for (label, split), n in CBIS_ROWS.items():
+        for k in range(n):
+            pid = f"{label}-{split}-{k // 2}"
+            if split == "train":
+                train_patients.append(pid)
+            rows.append({"patch_id": f"{label}-{split}-{k}", "patient_id": pid, "label": label, "split": split})
+    overlap = sorted(set(train_patients))[:: len(set(train_patients)) // CBIS_OVERLAP_PATIENTS][:CBIS_OVERLAP_PATIENTS]
+    test_rows = [r for r in rows if r["split"] == "test"]
+    for j, pid in enumerate(overlap):  # two test rows (a breast) of each overlap patient
+        test_rows[2 * j]["patient_id"] = test_rows[2 * j + 1]["patient_id"] = pid
+    m = pd.DataFrame(rows + _normal_rows(cfg))
+    m["label_index"] = [CLASS_NAMES.index(c) for c in m["label"]]
+    return m
+
+
+def _assert_table_1_shape(m: pd.DataFrame, cfg) -> dict[str, dict[str, int]]:
+    m["assigned_split"], overlap = assign_splits(m, cfg.balance.validation_fraction, cfg.seed)
+    check_no_leakage(m)
+    out, _ = balance(m, cfg.balance.mode, cfg.seed)
+    check_no_leakage(out)
+    counts = {s: out[out["assigned_split"] == s]["label"].value_counts().to_dict() for s in ("train", "validation", "test")}
+    for split, per_class in counts.items():
+        assert set(per_class) == set(CLASS_NAMES), split
+        assert len(set(per_class.values())) == 1, f"{split} is not balanced: {per_class}"
+    total = sum(sum(v.values()) for v in counts.values())
+    shares = {s: sum(v.values()) / total for s, v in counts.items()}
+    # the paper's Table 1: 65 / 16 / 19 % train / validation / test
+    assert abs(shares["train"] - 0.65) < 0.03 and abs(shares["validation"] - 0.16) < 0.03, shares
+    assert abs(shares["test"] - 0.19) < 0.03, shares
+    # malignant calcifications (673 rows) set the size of every class, as in the paper (672)
+    calc_mal = m[(m["label"] == "calc_malignant") & (m["assigned_split"] != "")]
+    assert sum(counts[s]["calc_malignant"] for s in counts) == len(calc_mal)
+    assert 620 <= len(calc_mal) <= 673
+    md = counts_markdown(BalanceReport(mode=cfg.balance.mode, counts=counts, dropped_overlap_patients=overlap))
+    assert "| **share** | " + " | ".join(f"{100 * shares[s]:.0f}%" for s in counts) + " | 100% |" in md
+    return counts
+
+
+def test_paper_counts_balance_to_equal_classes_in_table_1_proportions():
+    cfg = paper_config()
+    m = _paper_count_manifest(cfg)
+    counts = _assert_table_1_shape(m, cfg)
+    # the official test split is kept whole before balancing: 129 malignant calcifications
+    assert counts["test"]["calc_malignant"] == CBIS_ROWS[("calc_malignant", "test")]
+
+
+def test_real_csvs_balance_to_table_1_and_drop_the_31_overlap_patients(real_csv_dir):
+    cfg = paper_config()
+    rows = []
+    for kind in ("mass", "calc"):
+        for split in ("train", "test"):
+            df = pd.read_csv(real_csv_dir / f"{kind}_case_description_{split}_set.csv", dtype=str)
+            for i, r in df.iterrows():
+                pathology = "malignant" if r["pathology"].strip() == "MALIGNANT" else "benign"
+                rows.append({"patch_id": f"{kind}-{split}-{i}", "patient_id": r["patient_id"].strip(),
+                             "label": f"{kind}_{pathology}", "split": split})
+    m = pd.DataFrame(rows + _normal_rows(cfg))
+    m["label_index"] = [CLASS_NAMES.index(c) for c in m["label"]]
+    counts = {k: int(v) for k, v in m[m["label"] != "normal"].groupby(["label", "split"]).size().items()}
+    assert counts == CBIS_ROWS
+    m["assigned_split"], overlap = assign_splits(m, cfg.balance.validation_fraction, cfg.seed)
+    assert len(overlap) == CBIS_OVERLAP_PATIENTS
+    _assert_table_1_shape(m, cfg)

@@ -1,4 +1,6 @@
-"""Patch extraction: geometry helpers, lesion-centred patches, normal tissue crops, determinism."""
+"""Patch extraction: geometry helpers, lesion-centred patches, normal tissue crops, determinism.
+
+Full-size (5000 x 3000) images and swapped / mis-sized / empty masks: tests/test_extract_full_size.py."""
 
 import numpy as np
 import pandas as pd
@@ -6,11 +8,12 @@ import pytest
 
 from mammo.components.config import IngestConfig, PatchConfig
 from mammo.components.extract.logic import (
-    breast_mask, crop_padded, extract_patches, mask_bbox, normal_crops, square_around,
+    _rng_for, breast_mask, crop_padded, extract_patches, mask_bbox, normal_crops, roi_pixels, scale_bbox,
+    size_within, square_around,
 )
+from mammo.components.imaging import decode_png, read_image
 from mammo.components.ingest.logic import ingest
 from mammo.components.tfrecords import iter_records, parse_example
-from mammo.components.imaging import decode_png
 
 CFG = PatchConfig(image_size=32, min_crop_size=24, normal_crop_size=48, normal_patches_per_image=2,
                   records_per_shard=50)
@@ -23,6 +26,15 @@ def test_bbox_and_square_are_centred_on_the_lesion():
     y0, x0, side = square_around((40, 20, 50, 36), margin=1.0, min_size=10)
     assert side == 32 and (y0 + side / 2, x0 + side / 2) == (45, 28)
     assert mask_bbox(np.zeros((4, 4), bool)) is None
+
+
+def test_roi_is_the_mask_above_half_its_maximum():
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:10, 6:12] = 255
+    mask[4, 6:12] = mask[10, 6:12] = 9  # JPEG ringing around the edge
+    assert mask_bbox(roi_pixels(mask)) == (5, 6, 10, 12)
+    assert mask_bbox(roi_pixels((mask == 255).astype(np.uint8))) == (5, 6, 10, 12)  # a 0/1 mask
+    assert mask_bbox(roi_pixels(np.zeros((4, 4), np.uint8))) is None
 
 
 def test_small_lesions_get_the_minimum_crop():
@@ -58,6 +70,15 @@ def test_breast_mask_separates_tissue_from_background():
     img[:, :25] = 120
     m = breast_mask(img)
     assert m[:, :25].all() and not m[:, 25:].any()
+
+
+def test_breast_mask_keeps_fat_inside_the_breast_and_drops_film_labels():
+    img = np.zeros((100, 100), np.uint8)
+    img[10:90, :60] = 150  # the breast, at the chest wall (left edge)
+    img[40:60, 20:40] = 30  # fat: darker than Otsu's threshold, but inside the breast
+    img[5:12, 80:95] = 250  # a film label, bright and apart from the breast
+    m = breast_mask(img)
+    assert m[10:90, :60].all() and m.sum() == 80 * 60
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +134,36 @@ def test_shards_partition_the_cases(cases_path, tmp_path):
 def test_bad_shard_index_is_an_error(cases_path, tmp_path):
     with pytest.raises(ValueError, match="shard_index"):
         extract_patches(cases_path, tmp_path, CFG, seed=1, shard_index=3, num_shards=3)
+
+
+def test_every_abnormality_of_a_multi_lesion_image_gets_its_own_centred_patch(cases_path, tmp_path):
+    cases = pd.read_parquet(cases_path)
+    abnormal = cases[cases["label"] != "normal"]
+    shared = abnormal[abnormal.duplicated("image_uri", keep=False)]
+    assert len(shared), "the synthetic data should have images with two abnormalities"
+    extract_patches(cases_path, tmp_path, CFG, seed=1, workers=1, progress=False)
+    manifest = pd.read_parquet(tmp_path / "manifest.parquet").set_index("case_id")
+    for image_uri, rows in shared.groupby("image_uri"):
+        crops = set()
+        for row in rows.itertuples():
+            p = manifest.loc[row.case_id]
+            assert (p["patch_source"], p["mask_status"]) == ("mask", "ok")
+            y0, x0, y1, x1 = mask_bbox(read_image(row.roi_mask_uri)[0] > 0)
+            assert abs((y0 + y1) / 2 - (p["crop_y0"] + p["crop_size"] / 2)) <= 1
+            assert abs((x0 + x1) / 2 - (p["crop_x0"] + p["crop_size"] / 2)) <= 1
+            crops.add((p["crop_y0"], p["crop_x0"]))
+        assert len(crops) == len(rows)  # one patch per abnormality, each around its own lesion
+
+
+def test_mask_bbox_is_rescaled_by_the_size_ratio():
+    assert scale_bbox((10, 20, 30, 40), (50, 100), (100, 150)) == (20, 30, 60, 60)
+    assert size_within((4950, 2990), (5000, 3000), 0.02) and not size_within((4800, 3000), (5000, 3000), 0.02)
+
+
+def test_normal_crops_are_deterministic_per_seed_and_case():
+    tissue = np.zeros((400, 300), bool)
+    tissue[20:380, :250] = True
+    crops = lambda case, seed: normal_crops(tissue, 3, 60, 1.0, _rng_for(case, seed))
+    assert crops("Normal_N_1_LEFT_CC", 1) == crops("Normal_N_1_LEFT_CC", 1)
+    assert crops("Normal_N_1_LEFT_CC", 1) != crops("Normal_N_1_LEFT_CC", 2)
+    assert crops("Normal_N_1_LEFT_CC", 1) != crops("Normal_N_2_LEFT_CC", 1)

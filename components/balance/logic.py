@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mammo.components.splits import patient_split
 from mammo.components.config import CLASS_NAMES, BalanceConfig
 from mammo.components.tfrecords import iter_records, write_records
 
@@ -45,25 +46,19 @@ class BalanceReport:
 
 
 def assign_splits(manifest: pd.DataFrame, validation_fraction: float, seed: int) -> tuple[pd.Series, list[str]]:
-    """Split name per patch and the overlap patients dropped from train/validation ('' = dropped)."""
-    from sklearn.model_selection import StratifiedGroupKFold
+    """Split name per patch and the overlap patients dropped from train/validation ('' = dropped).
 
+    Uses ingest's ``subset`` column when the manifest carries it (the split the validation suite
+    checked); otherwise computes the same patient-grouped split here.
+    """
     official_train = manifest["split"] == "train"
     test_patients = set(manifest.loc[~official_train, "patient_id"])
     overlap = sorted(set(manifest.loc[official_train, "patient_id"]) & test_patients)
-    split = pd.Series("test", index=manifest.index, dtype=object)
-    pool = manifest[official_train & ~manifest["patient_id"].isin(overlap)]
-    split[official_train] = ""
-    if len(pool):
-        n_splits = max(2, int(round(1.0 / validation_fraction)))
-        groups = pool["patient_id"].to_numpy()
-        if len(set(groups)) < n_splits:
-            raise ValueError(f"only {len(set(groups))} training patients; need >= {n_splits} for a "
-                             f"{validation_fraction:.0%} validation split")
-        sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        train_idx, val_idx = next(sgkf.split(pool, pool["label_index"], groups))
-        split[pool.index[train_idx]] = "train"
-        split[pool.index[val_idx]] = "validation"
+    if "subset" in manifest and manifest["subset"].notna().all():
+        split = manifest["subset"].astype(object).copy()
+    else:
+        split = patient_split(manifest, validation_fraction, seed)
+    split[official_train & manifest["patient_id"].isin(overlap)] = ""
     return split, overlap
 
 
@@ -108,7 +103,8 @@ def _sample(df: pd.DataFrame, n: int, rng: np.random.Generator, replace: bool) -
 
 
 def counts_markdown(report: BalanceReport) -> str:
-    """The paper's Table 1 shape: classes as rows, splits as columns, plus totals."""
+    """The paper's Table 1 shape: classes as rows, splits as columns, plus totals and each split's
+    share of all patches (the paper: about 65 / 16 / 19 % train / validation / test)."""
     lines = ["| class | train | validation | test | total |", "|---|---:|---:|---:|---:|"]
     totals = dict.fromkeys(SPLITS, 0)
     for c in CLASS_NAMES:
@@ -117,6 +113,8 @@ def counts_markdown(report: BalanceReport) -> str:
             totals[s] += v
         lines.append(f"| {c} | " + " | ".join(str(v) for v in row) + f" | {sum(row)} |")
     lines.append("| **total** | " + " | ".join(str(totals[s]) for s in SPLITS) + f" | {sum(totals.values())} |")
+    grand = sum(totals.values()) or 1
+    lines.append("| **share** | " + " | ".join(f"{100 * totals[s] / grand:.0f}%" for s in SPLITS) + " | 100% |")
     md = f"### Patches per class and split (balance mode: {report.mode})\n\n" + "\n".join(lines) + "\n"
     if report.dropped_overlap_patients:
         md += (f"\n{len(report.dropped_overlap_patients)} patient(s) in both official train and test were dropped "

@@ -9,7 +9,8 @@ from mammo.components.config import CPU_IMAGE
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def extract_op(cases: Input[Dataset], config: dict, shard_index: int, num_shards: int,
                patches: Output[Dataset], preview: Output[HTML]):
-    """One shard of patches: TFRecords + manifest.parquet + preview grids."""
+    """One shard of patches: TFRecords + manifest.parquet + preview grids (PNG per class, and
+    ``preview`` as an HTML artifact the KFP UI shows)."""
     import shutil
     from pathlib import Path
 
@@ -23,4 +24,6 @@ def extract_op(cases: Input[Dataset], config: dict, shard_index: int, num_shards
     report = extract_patches(Path(cases.path) / "cases.parquet", out, cfg.patches, cfg.seed,
                              shard_index=shard_index, num_shards=num_shards)
     shutil.copyfile(out / "preview.html", preview.path)
-    patches.metadata.update({"patches_per_class": report.patches_per_class})
+    patches.metadata.update({"patches_per_class": report.patches_per_class, "patch_sources": report.patch_sources,
+                             "mask_status": report.mask_status, "reject_reasons": report.reject_reasons,
+                             "images": report.images, "peak_worker_rss_mb": report.peak_worker_rss_mb})
