@@ -93,10 +93,23 @@ def build_summary(run_dir: Path, cfg: Config) -> dict:
             for split in ("validation", "test")
         }
         summary["backbones"][ev["backbone"]]["train"] = ev.get("train")
+        # evaluation depth (issue 6): intervals, calibration, subgroups (compact: no per-class recall)
+        b = summary["backbones"][ev["backbone"]]
+        for split in ("validation", "test"):
+            b[split].update({k: ev[split].get(k) for k in ("n_patients", "ece", "nll", "brier")})
+        b["test"]["ci"] = ev["test"].get("ci")
+        b["test"]["subgroups"] = {
+            col: ({"groups": [{k: g[k] for k in ("value", "n", "accuracy", "macro_auc")} for g in sg["groups"]]}
+                  if sg.get("available") else {"available": False, "note": sg.get("note")})
+            for col, sg in (ev["test"].get("subgroups") or {}).items()}
+        cal = ev.get("calibration")
+        b["calibration"] = {k: cal[k] for k in ("temperature", "test_ece_before", "test_ece_after")} if cal else None
     if gate:
         summary["selected_backbone"] = gate["selected_backbone"]
         summary["gate"] = {k: gate[k] for k in ("metric", "value", "threshold", "champion_value", "promoted",
                                                   "reason")}
+        summary["gate"].update({k: gate.get(k) for k in ("forced", "would_promote", "champion_version", "value_ci",
+                                                         "max_auc_drop", "class_floors", "checks", "notes")})
     if deploy:
         summary["serving"] = {k: deploy[k] for k in ("model_name", "version", "path")}
     return summary

@@ -1,4 +1,14 @@
-"""KFP wrapper of evaluation (logic: mammo.components.evaluate.logic)."""
+"""KFP wrapper of evaluation (logic: mammo.components.evaluate.logic).
+
+KFP UI outputs: ``metrics`` (scalars: validation and test headline numbers, the test intervals,
+calibration and every class's test sensitivity / specificity / F1 / AUC / sensitivity at the fixed
+specificities), ``classification`` (the test confusion matrix in the paper's class order and one
+ROC curve) and ``report`` (HTML with all five one-vs-rest ROC curves, the reliability plot, the
+subgroup tables). A ``ClassificationMetrics`` artifact holds one ROC curve; the one logged is the
+micro average (all classes pooled one-vs-rest), which has real thresholds for the UI's threshold
+readout. One artifact per class would need five more fixed outputs per backbone for a view the HTML
+report already gives.
+"""
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
@@ -8,28 +18,49 @@ from mammo.components.config import CPU_IMAGE
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def evaluate_op(model: Input[Model], dataset: Input[Dataset], backbone: str, evaluation: Output[Artifact],
-                metrics: Output[Metrics], classification: Output[ClassificationMetrics], report: Output[HTML]):
-    """Validation and test metrics; KFP Metrics, ClassificationMetrics (confusion matrix, ROC) and HTML."""
+                metrics: Output[Metrics], classification: Output[ClassificationMetrics], report: Output[HTML],
+                config: dict = {}):
+    """Validation and test metrics with intervals and calibration; KFP Metrics, ClassificationMetrics, HTML."""
     import json
+    import math
     import shutil
     from pathlib import Path
 
-    from mammo.components.config import CLASS_NAMES
+    from mammo.components.config import CLASS_NAMES, Config
     from mammo.components.evaluate.logic import evaluate_model
     from mammo.components.runtime import artifact_dir, setup_logging
 
     setup_logging()
+    cfg = Config.from_dict(config)
     out = artifact_dir(evaluation.path)
     train_report = json.loads((Path(model.path) / "report.json").read_text())
-    result = evaluate_model(Path(model.path) / "model.keras", dataset.path, out, backbone, train_report)
+    result = evaluate_model(Path(model.path) / "model.keras", dataset.path, out, backbone, train_report,
+                            cfg.evaluate, cfg.seed)
     shutil.copyfile(out / "report.html", report.path)
+
+    def log(key: str, value) -> None:  # KFP metadata is JSON: skip undefined values
+        if value is not None and math.isfinite(float(value)):
+            metrics.log_metric(key, float(value))
+
     for split in ("validation", "test"):
-        m = result[split]
-        for key in ("accuracy", "macro_auc", "macro_f1"):
-            metrics.log_metric(f"{split}_{key}", m[key])
-        if split == "test":
-            for name, pc in m["per_class"].items():
-                for key in ("sensitivity", "specificity", "f1", "auc"):
-                    metrics.log_metric(f"test_{name}_{key}", pc[key])
-    classification.log_confusion_matrix(list(CLASS_NAMES), result["test"]["confusion_matrix"])
-    evaluation.metadata.update({"backbone": backbone, "test_macro_auc": result["test"]["macro_auc"]})
+        for key in ("accuracy", "macro_auc", "macro_f1", "ece"):
+            log(f"{split}_{key}", result[split][key])
+    test = result["test"]
+    for key in ("accuracy", "macro_auc"):
+        for bound, value in zip(("low", "high"), (test.get("ci") or {}).get(key) or ()):
+            log(f"test_{key}_ci_{bound}", value)
+    if result.get("calibration"):
+        log("temperature", result["calibration"]["temperature"])
+        log("test_ece_after_temperature", result["calibration"]["test_ece_after"])
+    for name, pc in test["per_class"].items():
+        for key in ("sensitivity", "specificity", "f1", "auc"):
+            log(f"test_{name}_{key}", pc[key])
+        for spec, point in pc["sensitivity_at_specificity"].items():
+            # e.g. test_normal_sensitivity_at_specificity_90 (no dot in a metric name)
+            log(f"test_{name}_sensitivity_at_specificity_{round(100 * float(spec))}", point["sensitivity"])
+    classification.log_confusion_matrix(list(CLASS_NAMES), test["confusion_matrix"])
+    if test.get("micro_roc"):
+        roc = test["micro_roc"]
+        classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
+    evaluation.metadata.update({"backbone": backbone, "test_macro_auc": test["macro_auc"],
+                                "test_accuracy": test["accuracy"]})
