@@ -24,13 +24,16 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "manifests"
 KUSTOMIZE_DIRS = {
-    "base": MANIFESTS / "tf-serving" / "base",
-    "kind": MANIFESTS / "tf-serving" / "overlays" / "kind",
-    "gpu": MANIFESTS / "tf-serving" / "overlays" / "gpu",
+    "base": MANIFESTS / "serving" / "base",
+    "kind": MANIFESTS / "serving" / "overlays" / "kind",
+    "gpu": MANIFESTS / "serving" / "overlays" / "gpu",
+    "models-config": MANIFESTS / "serving" / "overlays" / "models-config",
     "kserve": MANIFESTS / "kserve",
     "rbac": MANIFESTS / "rbac",
 }
+#: the variants started with --model_name / --model_base_path (models-config uses a config file)
 SERVING_DIRS = ("base", "kind", "gpu")
+ALL_SERVING_DIRS = SERVING_DIRS + ("models-config",)
 NAMESPACE = "mammo"
 MODEL_NAME = "mammo"
 GRPC_PORT, REST_PORT = 8500, 8501
@@ -138,7 +141,7 @@ def test_validator_rejects_unknown_fields():
 
 
 @needs_kubectl
-@pytest.mark.parametrize("name", ["base", "kind", "gpu", "kserve"])
+@pytest.mark.parametrize("name", ["base", "kind", "gpu", "models-config", "kserve"])
 def test_namespaced_objects_live_in_mammo_namespace_which_is_shipped(name):
     docs = render(name)
     namespaces = [d["metadata"]["name"] for d in of_kind(docs, "Namespace")]
@@ -151,7 +154,7 @@ def test_namespaced_objects_live_in_mammo_namespace_which_is_shipped(name):
 
 # -- TF Serving: every variant --------------------------------------------------------------------
 @needs_kubectl
-@pytest.mark.parametrize("name", SERVING_DIRS)
+@pytest.mark.parametrize("name", ALL_SERVING_DIRS)
 def test_every_deployment_container_has_resources_and_probes(name):
     deployments = of_kind(render(name), "Deployment")
     assert deployments
@@ -176,6 +179,7 @@ def test_model_name_path_and_ports_agree_with_probes_and_service(name):
     assert int(flags["--port"]) == GRPC_PORT
     assert int(flags["--rest_api_port"]) == REST_PORT
     assert int(flags["--file_system_poll_wait_seconds"]) == 30
+    assert flags["--enable_model_warmup"] == "true"  # replays assets.extra/tf_serving_warmup_requests
     assert not any("$(" in v for v in flags.values()), f"unexpanded variable in {flags}"
 
     container_ports = {p["containerPort"] for p in c["ports"]}
@@ -202,7 +206,7 @@ def test_model_name_path_and_ports_agree_with_probes_and_service(name):
 
 
 @needs_kubectl
-@pytest.mark.parametrize("name", SERVING_DIRS)
+@pytest.mark.parametrize("name", ALL_SERVING_DIRS)
 def test_serving_pod_runs_as_non_root_with_read_only_root_and_own_service_account(name):
     docs = render(name)
     dep = one(docs, "Deployment")
@@ -287,11 +291,49 @@ def test_gpu_overlay_requests_and_tolerates_gpu_and_reads_model_from_gcs():
     )
     base_path = effective_args(c)["--model_base_path"]
     assert re.fullmatch(rf"gs://[^/]+/models/{MODEL_NAME}", base_path), base_path
+    # only GPU nodes: a node selector on the accelerator label, as the pipeline's GPU steps use
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert pod["serviceAccountName"] == "mammo-serving"
+    sa = one(docs, "ServiceAccount")
+    assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
     # no claim left behind (a ReadWriteOnce claim would pin both replicas to one node)
     assert not of_kind(docs, "PersistentVolumeClaim")
     assert not any("persistentVolumeClaim" in v for v in pod.get("volumes", []))
     mounted = {m["name"] for m in c.get("volumeMounts", [])}
     assert mounted <= {v["name"] for v in pod.get("volumes", [])}
+
+
+@needs_kubectl
+def test_models_config_overlay_pins_versions_with_stable_and_canary_labels():
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    docs = render("models-config")
+    dep, cm = one(docs, "Deployment"), one(docs, "ConfigMap")
+    pod = dep["spec"]["template"]["spec"]
+    c = serving_container(dep)
+    flags = effective_args(c)
+    assert "--model_name" not in flags and "--model_base_path" not in flags  # not allowed with a config file
+    assert int(flags["--port"]) == GRPC_PORT and int(flags["--rest_api_port"]) == REST_PORT
+    assert int(flags["--model_config_file_poll_wait_seconds"]) > 0
+    assert flags["--enable_model_warmup"] == "true"
+    config_path = Path(flags["--model_config_file"])
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config_volume = volumes[mounts[str(config_path.parent)]]
+    assert config_volume["configMap"]["name"] == cm["metadata"]["name"]  # no hash suffix: edits reach the pod
+    text = cm["data"][config_path.name]
+    # parsed by TF Serving's own message type: a typo fails here, not in the pod
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert model.name == MODEL_NAME
+    assert c["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{model.name}"
+    assert model.base_path == f"/models/{MODEL_NAME}" and mounts["/models"] == "models"
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "mammo-models"
+    pinned = set(model.model_version_policy.specific.versions)
+    labels = dict(model.version_labels)
+    assert set(labels) == {"stable", "canary"} and labels["stable"] != labels["canary"]
+    assert set(labels.values()) <= pinned  # TF Serving only labels versions it loads
 
 
 # -- KServe ---------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """``mammo predict``: PNG / DICOM inputs, a local SavedModel, TF Serving over REST and over gRPC.
 
-The TF Serving binary cannot run here; REST is played by ``FakeTFServingREST`` (see
-``test_deploy.py``) and gRPC by :class:`FakeTFServingGRPC`, both running the real exported SavedModel.
+The TF Serving binary cannot run here; REST and gRPC are played by ``FakeTFServingREST`` and
+``FakeTFServingGRPC`` (test doubles in ``serving_doubles.py``), both running the real exported
+SavedModel. Request bodies are checked against TF Serving's documented formats.
 """
 
 from __future__ import annotations
 
-from concurrent import futures
+import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,116 +19,31 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 grpc = pytest.importorskip("grpc")
 
-from tensorflow_serving.apis import (  # noqa: E402
-    get_model_metadata_pb2,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
-from test_deploy import (  # noqa: E402
+from serving_doubles import (  # noqa: E402
     PATCH,
+    FakeTFServingGRPC,
     FakeTFServingREST,
     random_patches,
     save_tiny_keras_model,
-    signature_def_map,
+    write_dicom,
 )
+from tensorflow.core.framework import types_pb2  # noqa: E402
 
 from mammo.components.config import CLASS_NAMES  # noqa: E402
 from mammo.components.deploy.logic import export_serving_model  # noqa: E402
-from mammo.components.deploy.predict import load_patch, predict_grpc, predict_local, predict_rest  # noqa: E402
-from mammo.components.imaging import encode_png, resize_uint8, to_uint8  # noqa: E402
+from mammo.components.deploy.predict import (  # noqa: E402
+    grpc_predict_request,
+    load_image,
+    load_patch,
+    predict_grpc,
+    predict_local,
+    predict_rest,
+    rest_request_body,
+)
+from mammo.components.imaging import decode_png, encode_png, resize_uint8, to_uint8  # noqa: E402
+from mammo.pipelines.cli import main  # noqa: E402
 
-
-class FakeTFServingGRPC:
-    """Test double for TF Serving's gRPC ``PredictionService``: it stands in for the
-    ``tensorflow_model_server`` binary, which cannot run in the test environment.
-
-    An in-process ``grpc.server`` on ``127.0.0.1`` (free port) whose servicer implements ``Predict``
-    by running the named signature of the real exported SavedModel, and ``GetModelMetadata`` by
-    returning its ``signature_def`` map. Unknown model names are ``NOT_FOUND``, as in TF Serving.
-    Every ``PredictRequest`` is kept in ``requests``.
-    """
-
-    def __init__(self, model_name: str, model_dir: Path, version: int = 1) -> None:
-        self.model_name = model_name
-        self.version = version
-        self.model_dir = Path(model_dir)
-        self.loaded = tf.saved_model.load(str(model_dir))
-        self.requests: list[predict_pb2.PredictRequest] = []
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self._Servicer(self), self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
-
-    @property
-    def host_port(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "FakeTFServingGRPC":
-        self._server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.stop(grace=None)
-
-    def _check_model(self, model_spec: Any, context: Any) -> None:
-        if model_spec.name != self.model_name:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model_spec.name})")
-        if model_spec.HasField("version") and model_spec.version.value != self.version:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found: version {model_spec.version.value}")
-
-    class _Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def __init__(self, fake: "FakeTFServingGRPC") -> None:
-            self.fake = fake
-
-        def Predict(self, request: Any, context: Any) -> Any:  # noqa: N802
-            fake = self.fake
-            fake.requests.append(request)
-            fake._check_model(request.model_spec, context)
-            signature_name = request.model_spec.signature_name or "serving_default"
-            signature = fake.loaded.signatures[signature_name]
-            inputs = {key: tf.constant(tf.make_ndarray(proto)) for key, proto in request.inputs.items()}
-            outputs = signature(**inputs)
-            response = predict_pb2.PredictResponse()
-            response.model_spec.name = fake.model_name
-            response.model_spec.signature_name = signature_name
-            response.model_spec.version.value = fake.version
-            for key, value in outputs.items():
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
-            return response
-
-        def GetModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
-            fake = self.fake
-            fake._check_model(request.model_spec, context)
-            response = get_model_metadata_pb2.GetModelMetadataResponse()
-            response.model_spec.name = fake.model_name
-            response.model_spec.version.value = fake.version
-            response.metadata["signature_def"].Pack(signature_def_map(fake.model_dir))
-            return response
-
-
-def write_dicom(path: Path, pixels: np.ndarray, bits_stored: int = 12) -> Path:
-    """A minimal single-frame 16-bit-allocated MONOCHROME2 mammogram DICOM (pydicom 3)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalMammographyXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MG"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -145,35 +62,40 @@ def model_dir(keras_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A 40x30 8-bit PNG, a 16x16 PNG and a 48x48 12-bit DICOM with different contents."""
+    """A 40x30 8-bit PNG, a 16x16 PNG, a 16x16 12-bit DICOM and a 48x48 12-bit DICOM."""
     folder = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(7)
     png = folder / "patch.png"
     png.write_bytes(encode_png(rng.integers(0, 256, (40, 30)).astype(np.uint8)))
     small = folder / "small.png"
     small.write_bytes(encode_png(random_patches(1, seed=2)[0, :, :, 0]))
+    small_dcm = write_dicom(folder / "small.dcm", rng.integers(0, 4096, (PATCH, PATCH)).astype(np.uint16))
     dcm = write_dicom(folder / "patch.dcm", rng.integers(0, 4096, (48, 48)).astype(np.uint16), bits_stored=12)
-    return {"png": png, "small": small, "dcm": dcm}
+    return {"png": png, "small": small, "small_dcm": small_dcm, "dcm": dcm}
 
 
-def _expected(keras_model: Any, paths: list[Path]) -> np.ndarray:
-    """What the Keras model itself says on the patches the client builds."""
+def _keras_on_patches(keras_model: Any, paths: list[Path]) -> np.ndarray:
+    """What the Keras model itself says on the patches the client builds with ``size=PATCH``."""
     batch = np.stack([load_patch(p, PATCH) for p in paths]).astype(np.float32)
     return keras_model[1].predict(batch, verbose=0)
 
 
-def _assert_results(results: list[dict[str, Any]], paths: list[Path], expected: np.ndarray) -> None:
+def _assert_results(results: list[dict[str, Any]], paths: list[Path], expected: np.ndarray, atol: float = 1e-6) -> None:
     assert [r["file"] for r in results] == [str(p) for p in paths]
     for result, probs in zip(results, expected):
         assert set(result) == {"file", "class_name", "class_index", "probabilities"}
         assert list(result["probabilities"]) == list(CLASS_NAMES)
-        np.testing.assert_allclose(list(result["probabilities"].values()), probs, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(list(result["probabilities"].values()), probs, rtol=1e-5, atol=atol)
         assert result["class_index"] == int(np.argmax(probs))
         assert result["class_name"] == CLASS_NAMES[result["class_index"]]
         assert isinstance(result["class_index"], int) and isinstance(result["class_name"], str)
 
 
-# -- load_patch --------------------------------------------------------------------------------
+def _probabilities(results: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([list(r["probabilities"].values()) for r in results])
+
+
+# -- reading images ----------------------------------------------------------------------------
 
 
 def test_load_patch_reads_png_as_square_uint8_patch(images: dict[str, Path]) -> None:
@@ -181,94 +103,155 @@ def test_load_patch_reads_png_as_square_uint8_patch(images: dict[str, Path]) -> 
     assert patch.shape == (PATCH, PATCH, 1) and patch.dtype == np.uint8
 
 
-def test_load_patch_reads_16bit_dicom_with_the_fixed_8bit_mapping(images: dict[str, Path]) -> None:
+def test_load_image_reads_12bit_dicom_with_the_fixed_8bit_mapping(images: dict[str, Path]) -> None:
     import pydicom
 
     stored = pydicom.dcmread(images["dcm"]).pixel_array
-    patch = load_patch(images["dcm"], 48)  # same size: no resampling, only the bit mapping
-    np.testing.assert_array_equal(patch[:, :, 0], to_uint8(stored, 12))
-    resized = load_patch(images["dcm"], PATCH)
-    np.testing.assert_array_equal(resized[:, :, 0], resize_uint8(to_uint8(stored, 12), PATCH))
+    np.testing.assert_array_equal(load_image(images["dcm"]), to_uint8(stored, 12))  # no resize by default
+    np.testing.assert_array_equal(load_patch(images["dcm"], PATCH)[:, :, 0], resize_uint8(to_uint8(stored, 12), PATCH))
 
 
 # -- local -------------------------------------------------------------------------------------
 
 
-def test_predict_local_on_png_returns_class_and_probabilities(
+def test_predict_local_on_png_and_dicom_matches_the_keras_model(
     model_dir: Path, images: dict[str, Path], keras_model: Any
 ) -> None:
-    paths = [images["png"], images["small"]]
-    results = predict_local(model_dir, paths)
-    _assert_results(results, paths, _expected(keras_model, paths))
+    paths = [images["small"], images["small_dcm"], images["png"], images["dcm"]]
+    results = predict_local(model_dir, paths, size=PATCH)  # client resize = the training patches' resampler
+    _assert_results(results, paths, _keras_on_patches(keras_model, paths))
     assert sum(results[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_predict_local_on_dicom_matches_the_keras_model(
+def test_predict_local_default_lets_the_model_resize_close_to_the_training_resampler(
     model_dir: Path, images: dict[str, Path], keras_model: Any
 ) -> None:
-    paths = [images["dcm"]]
-    _assert_results(predict_local(model_dir, paths), paths, _expected(keras_model, paths))
+    paths = [images["png"], images["dcm"]]
+    # TF's in-graph lanczos3 vs PIL's Lanczos: at most one grey level apart
+    _assert_results(predict_local(model_dir, paths), paths, _keras_on_patches(keras_model, paths), atol=2e-3)
+
+
+def test_predict_local_pixels_signature_answers_like_serving_default(model_dir: Path, images: dict[str, Path]) -> None:
+    paths = [images["png"], images["small"], images["dcm"]]  # three shapes: three pixel batches
+    encoded = predict_local(model_dir, paths)
+    pixels = predict_local(model_dir, paths, signature="predict_pixels")
+    np.testing.assert_allclose(_probabilities(pixels), _probabilities(encoded), rtol=1e-6, atol=1e-7)
+
+
+def test_predict_local_with_unknown_signature_raises(model_dir: Path, images: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="unknown signature 'images'"):
+        predict_local(model_dir, [images["png"]], signature="images")
+
+
+# -- request formats ---------------------------------------------------------------------------
+
+
+def test_rest_body_for_serving_default_is_row_format_with_b64_pngs() -> None:
+    images = [random_patches(1, seed=s)[0, :, :, 0] for s in (1, 2)]
+    body = rest_request_body("serving_default", images)
+    assert set(body) == {"signature_name", "instances"} and body["signature_name"] == "serving_default"
+    assert all(set(instance) == {"b64"} for instance in body["instances"])
+    blobs = [base64.b64decode(instance["b64"], validate=True) for instance in body["instances"]]
+    assert all(blob.startswith(PNG_MAGIC) for blob in blobs)
+    for blob, image in zip(blobs, images):
+        np.testing.assert_array_equal(decode_png(blob), image)
+    json.dumps(body)  # JSON-serialisable as it is
+
+
+def test_rest_body_for_predict_pixels_is_row_format_with_nested_integer_lists() -> None:
+    image = random_patches(1, size=5)[0, :, :, 0]
+    body = rest_request_body("predict_pixels", [image])
+    assert body == {"signature_name": "predict_pixels", "instances": [image.astype(int).tolist()]}
+    assert all(isinstance(v, int) for row in body["instances"][0] for v in row)
+
+
+def test_grpc_request_carries_model_spec_and_one_typed_tensor() -> None:
+    images = [random_patches(1, seed=s)[0, :, :, 0] for s in (1, 2)]
+    request = grpc_predict_request("mammo", "serving_default", images, version=3)
+    assert (request.model_spec.name, request.model_spec.signature_name) == ("mammo", "serving_default")
+    assert request.model_spec.version.value == 3
+    (key,) = request.inputs
+    tensor = request.inputs[key]
+    assert key == "image_bytes" and tensor.dtype == types_pb2.DT_STRING
+    assert [d.size for d in tensor.tensor_shape.dim] == [2]
+    assert all(blob.startswith(PNG_MAGIC) for blob in tensor.string_val)
+
+    pixels = grpc_predict_request("mammo", "predict_pixels", images)
+    assert not pixels.model_spec.HasField("version")
+    assert list(pixels.inputs) == ["pixels"] and pixels.inputs["pixels"].dtype == types_pb2.DT_UINT8
+    assert [d.size for d in pixels.inputs["pixels"].tensor_shape.dim] == [2, PATCH, PATCH]
+    np.testing.assert_array_equal(tf.make_ndarray(pixels.inputs["pixels"]), np.stack(images))
 
 
 # -- REST --------------------------------------------------------------------------------------
 
 
-def test_predict_rest_against_fake_tf_serving_matches_the_keras_model(
-    model_dir: Path, images: dict[str, Path], keras_model: Any
+@pytest.mark.parametrize("signature", ["serving_default", "predict_pixels"])
+def test_predict_rest_against_fake_tf_serving_matches_local(
+    model_dir: Path, images: dict[str, Path], signature: str
 ) -> None:
     paths = [images["png"], images["dcm"], images["small"]]
     with FakeTFServingREST("mammo", model_dir) as server:
-        results = predict_rest(server.url, "mammo", paths, size=PATCH)
+        results = predict_rest(server.url, "mammo", paths, signature=signature, size=PATCH)
         assert server.requests == [("POST", "/v1/models/mammo:predict")]
-    _assert_results(results, paths, _expected(keras_model, paths))
+        (body,) = server.bodies
+    assert body["signature_name"] == signature and len(body["instances"]) == 3
+    local = predict_local(model_dir, paths, size=PATCH)
+    _assert_results(results, paths, _probabilities(local))
 
 
-def test_predict_rest_without_size_reads_it_from_model_metadata(
-    model_dir: Path, images: dict[str, Path], keras_model: Any
-) -> None:
-    paths = [images["png"]]
-    with FakeTFServingREST("mammo", model_dir, version=1) as server:
-        results = predict_rest(server.url, "mammo", paths, version=1)
-        assert server.requests == [
-            ("GET", "/v1/models/mammo/versions/1/metadata"),
-            ("POST", "/v1/models/mammo/versions/1:predict"),
-        ]
-    _assert_results(results, paths, _expected(keras_model, paths))
+def test_predict_rest_of_a_version_posts_to_its_url(model_dir: Path, images: dict[str, Path]) -> None:
+    with FakeTFServingREST("mammo", model_dir, version=4) as server:
+        results = predict_rest(server.url, "mammo", [images["small"]], version=4)
+        assert server.requests == [("POST", "/v1/models/mammo/versions/4:predict")]
+    assert results[0]["file"] == str(images["small"])
 
 
 def test_predict_rest_for_unknown_model_raises_with_server_error(model_dir: Path, images: dict[str, Path]) -> None:
     with FakeTFServingREST("mammo", model_dir) as server:
         with pytest.raises(RuntimeError, match="HTTP 404.*Could not find any versions of model other"):
-            predict_rest(server.url, "other", [images["png"]], size=PATCH)
+            predict_rest(server.url, "other", [images["png"]])
 
 
 # -- gRPC --------------------------------------------------------------------------------------
 
 
-def test_predict_grpc_against_fake_prediction_service_matches_the_keras_model(
-    model_dir: Path, images: dict[str, Path], keras_model: Any
+@pytest.mark.parametrize("signature", ["serving_default", "predict_pixels"])
+def test_predict_grpc_against_fake_prediction_service_matches_local(
+    model_dir: Path, images: dict[str, Path], keras_model: Any, signature: str
 ) -> None:
-    paths = [images["png"], images["dcm"]]
+    paths = [images["small"], images["small_dcm"]]  # patch-sized: exactly the Keras model's answer
     with FakeTFServingGRPC("mammo", model_dir) as server:
-        results = predict_grpc(server.host_port, "mammo", paths, size=PATCH)
+        results = predict_grpc(server.host_port, "mammo", paths, signature=signature)
         (request,) = server.requests
-    assert request.model_spec.name == "mammo" and request.model_spec.signature_name == "serving_default"
-    assert list(request.inputs) == ["images"]
-    assert tf.make_ndarray(request.inputs["images"]).shape == (2, PATCH, PATCH, 1)
-    _assert_results(results, paths, _expected(keras_model, paths))
-
-
-def test_predict_grpc_without_size_reads_it_from_model_metadata(
-    model_dir: Path, images: dict[str, Path], keras_model: Any
-) -> None:
-    paths = [images["small"]]
-    with FakeTFServingGRPC("mammo", model_dir) as server:
-        results = predict_grpc(server.host_port, "mammo", paths)
-    _assert_results(results, paths, _expected(keras_model, paths))
+    assert request.model_spec.name == "mammo" and request.model_spec.signature_name == signature
+    _assert_results(results, paths, _keras_on_patches(keras_model, paths))
 
 
 def test_predict_grpc_for_unknown_model_raises_not_found(model_dir: Path, images: dict[str, Path]) -> None:
     with FakeTFServingGRPC("mammo", model_dir) as server:
         with pytest.raises(grpc.RpcError) as info:
-            predict_grpc(server.host_port, "other", [images["png"]], size=PATCH)
+            predict_grpc(server.host_port, "other", [images["png"]])
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+
+def test_cli_predict_over_rest_and_grpc_prints_the_same_json_as_local(
+    model_dir: Path, images: dict[str, Path], capsys: Any
+) -> None:
+    paths = [str(images["png"]), str(images["dcm"])]
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model_dir), *paths]) == 0
+    local = json.loads(capsys.readouterr().out)
+    with FakeTFServingREST("mammo", model_dir) as rest, FakeTFServingGRPC("mammo", model_dir) as grpc_server:
+        assert main(["predict", "--rest", rest.url, *paths]) == 0
+        over_rest = json.loads(capsys.readouterr().out)
+        assert main(["predict", "--server", grpc_server.host_port, "--signature", "predict_pixels", *paths]) == 0
+        over_grpc = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in local] == paths
+    for remote in (over_rest, over_grpc):
+        assert [(r["file"], r["class_name"], r["class_index"]) for r in remote] == \
+            [(r["file"], r["class_name"], r["class_index"]) for r in local]
+        np.testing.assert_allclose(_probabilities(remote), _probabilities(local), rtol=1e-6, atol=1e-7)
