@@ -98,21 +98,96 @@ def test_dockerfile_starts_from_pinned_base(image):
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
-def test_dockerfile_installs_this_project_with_pip(image):
+def test_dockerfile_installs_the_locked_dependencies_then_this_project(image):
     path = IMAGES[image]["file"]
+    steps = instructions(path)
+    copies = [(i, shlex.split(args)) for i, (kw, args) in enumerate(steps) if kw == "COPY"]
     copied: set[str] = set()
-    for args in args_of(path, "COPY"):
-        *sources, _dest = shlex.split(args)
+    for _, (*sources, _dest) in copies:
         copied.update(s.rstrip("/") for s in sources if not s.startswith("--"))
-    # everything the distribution is built from
+    # everything the distribution is built from, and the lock
     package_dirs = set(PYPROJECT["tool"]["setuptools"]["package-dir"].values())
-    assert {"pyproject.toml", PYPROJECT["project"]["readme"]} | package_dirs <= copied
-    installs = [a for a in args_of(path, "RUN") if re.search(r"pip install --no-cache-dir \.(\s|$)", a)]
-    assert len(installs) == 1, "one `pip install --no-cache-dir .` of the project"
+    assert {"pyproject.toml", PYPROJECT["project"]["readme"], "dockerfiles/requirements.lock"} | package_dirs <= copied
+    runs = [(i, args) for i, (kw, args) in enumerate(steps) if kw == "RUN"]
+    lock_installs = [i for i, a in runs if re.search(r"pip install --no-cache-dir -r requirements\.lock(\s|$)", a)]
+    project_installs = [i for i, a in runs if re.search(r"pip install --no-cache-dir --no-deps \.(\s|$)", a)]
+    assert len(lock_installs) == 1, "one `pip install --no-cache-dir -r requirements.lock`"
+    assert len(project_installs) == 1, "one `pip install --no-cache-dir --no-deps .` of the project"
+    assert not [a for _, a in runs if "pip install" in a and "-r requirements.lock" not in a and "--no-deps ." not in a]
+    # layer order: the dependency layer sits before the source is copied, so code changes reuse it
+    source_copies = [i for i, (*sources, _dest) in copies if set(sources) & (package_dirs | {"pyproject.toml"})]
+    assert lock_installs[0] < min(source_copies) < project_installs[0]
     # .dockerignore must not hide what is copied
     ignored = _dockerignore_patterns()
     for source in copied:
-        assert source not in ignored, f"{source} is COPY'd but excluded by .dockerignore"
+        assert source not in ignored and source.split("/")[0] not in ignored, f"{source} is COPY'd but excluded"
+
+
+# -- the lock --------------------------------------------------------------------------------------
+LOCK = DOCKERFILES / "requirements.lock"
+
+
+def _lock() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][A-Za-z0-9.+!-]*)", line.strip())
+            assert match, f"requirements.lock: {line!r} is not pinned as name==version"
+            pins[canonicalize_name(match[1])] = match[2]
+    return pins
+
+
+def test_lock_pins_every_project_dependency_within_its_range():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _lock()
+    for text in PYPROJECT["project"]["dependencies"]:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is a dependency but not in requirements.lock (run lock_requirements.py)"
+        assert req.specifier.contains(pins[name], prereleases=True), f"lock has {name}=={pins[name]}, needs {req}"
+
+
+def test_lock_has_no_test_tools_and_leaves_packaging_tools_to_the_base_image():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _lock()
+    test_only = {canonicalize_name(Requirement(t).name) for t in PYPROJECT["project"]["optional-dependencies"]["test"]}
+    assert not test_only & set(pins)
+    assert not {"pip", "setuptools", "wheel"} & set(pins)
+
+
+def test_lock_generator_pins_the_installed_closure_of_the_dependencies():
+    """The generator walks real installed metadata: kfp pulls in kfp-server-api, tensorflow absl-py."""
+    sys.path.insert(0, str(DOCKERFILES))
+    try:
+        import lock_requirements
+    finally:
+        sys.path.remove(str(DOCKERFILES))
+    from importlib.metadata import version
+
+    pins = lock_requirements.closure(["kfp>=2.17,<2.18", "pyyaml>=6"])
+    assert pins["kfp"] == version("kfp") and pins["kfp-server-api"] == version("kfp-server-api")
+    assert "PyYAML" in pins and "pytest" not in pins
+    with pytest.raises(SystemExit, match="does not satisfy"):
+        lock_requirements.closure(["kfp<2"])
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_dockerfile_bakes_in_no_credentials(image):
+    secretish = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+    for kw, args in instructions(IMAGES[image]["file"]):
+        if kw in ("ENV", "ARG"):
+            names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=", args) or [args.split()[0]]
+            assert not [n for n in names if secretish.search(n)], f"{kw} {args}"
+        if kw in ("COPY", "ADD"):
+            assert not re.search(r"\.(json|pem|key|p12)\b|\.env\b|\.ssh|\.docker|gcloud", args), f"{kw} {args}"
+        if kw == "RUN":
+            assert "--mount=type=secret" not in args and not re.search(r"(token|password)=", args, re.IGNORECASE)
 
 
 def _dockerignore_patterns() -> set[str]:

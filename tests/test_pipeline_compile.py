@@ -51,3 +51,185 @@ def test_compiled_components_do_not_pip_install(tmp_path):
     for name, ex in spec["deploymentSpec"]["executors"].items():
         cmd = " ".join(ex["container"]["command"] + ex["container"].get("args", []))
         assert "pip install" not in cmd, name  # the package comes with our images
+
+
+# -- cluster settings (config.cluster, read at compile time) -----------------------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from mammo.components.config import CPU_IMAGE, GPU_IMAGE, ClusterConfig  # noqa: E402
+
+DATA_STEPS = ("ingest-op", "validate-op", "extract-op", "balance-op")
+K8S = ("platforms", "kubernetes", "deploymentSpec", "executors")
+
+
+def _compiled(tmp_path, *args):
+    out = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--out", str(out), *args]) == 0
+    spec, platform = _docs(out)
+    for key in K8S:
+        platform = platform[key]
+    return spec, platform
+
+
+def _tasks(spec) -> dict:
+    """Every task of the pipeline by name, whatever loop or condition it sits in."""
+    found = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        found.update(comp.get("dag", {}).get("tasks", {}))
+    return found
+
+
+def _executor(spec, task):
+    return spec["deploymentSpec"]["executors"][f"exec-{task}"]["container"]
+
+
+def test_compile_writes_our_images_cpu_for_steps_and_gpu_for_training(tmp_path):
+    spec, _ = _compiled(tmp_path)
+    images = {name: ex["container"]["image"] for name, ex in spec["deploymentSpec"]["executors"].items()}
+    assert images.pop("exec-train-op") == GPU_IMAGE
+    assert set(images.values()) == {CPU_IMAGE}
+    # the default tags are the package version the Dockerfiles build
+    from importlib.metadata import version
+
+    assert CPU_IMAGE.endswith(":" + version("mammo")) and GPU_IMAGE.endswith(":" + version("mammo"))
+
+
+def test_compile_takes_images_from_the_environment_override(tmp_path):
+    out = tmp_path / "pipeline.yaml"
+    env = {**os.environ, "MAMMO_CPU_IMAGE": "registry.example/mammo:7", "MAMMO_GPU_IMAGE": "registry.example/mammo-gpu:7"}
+    subprocess.run([sys.executable, "-m", "mammo.pipelines.cli", "compile", "--out", str(out)], env=env, check=True,
+                   capture_output=True, timeout=120)
+    spec, _ = _docs(out)
+    images = {name: ex["container"]["image"] for name, ex in spec["deploymentSpec"]["executors"].items()}
+    assert images.pop("exec-train-op") == "registry.example/mammo-gpu:7"
+    assert set(images.values()) == {"registry.example/mammo:7"}
+
+
+def test_compile_sets_requests_and_memory_limits_per_step_group_from_the_profile(tmp_path):
+    spec, _ = _compiled(tmp_path, "--set", "cluster.train_cpu=12", "--set", "cluster.train_memory=48Gi",
+                        "--set", "cluster.data_memory=6Gi")
+    d = ClusterConfig()
+    expected = {"train-op": ("12", "48Gi"), "evaluate-op": (d.eval_cpu, d.eval_memory),
+                "select-and-gate-op": (d.gate_cpu, d.gate_memory), "deploy-op": (d.gate_cpu, d.gate_memory),
+                **{t: (d.data_cpu, "6Gi") for t in DATA_STEPS}}
+    for task, (cpu, memory) in expected.items():
+        res = _executor(spec, task)["resources"]
+        assert (res["resourceCpuRequest"], res["resourceMemoryRequest"], res["resourceMemoryLimit"]) == (
+            cpu, memory, memory), task
+
+
+def test_compile_gpu_type_becomes_node_selector_and_training_tolerates_gpu_taint(tmp_path):
+    spec, k8s = _compiled(tmp_path, "--set", "cluster.gpu_node_label=cloud.google.com/gke-accelerator",
+                          "--set", "cluster.gpu_type=nvidia-l4", "--set", "cluster.train_gpus=2")
+    acc = _executor(spec, "train-op")["resources"]["accelerator"]
+    assert (acc["resourceType"], acc["resourceCount"]) == ("nvidia.com/gpu", "2")
+    assert k8s["exec-train-op"]["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert k8s["exec-train-op"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    # only training asks for a GPU
+    for name, ex in spec["deploymentSpec"]["executors"].items():
+        if name != "exec-train-op":
+            assert "accelerator" not in ex["container"].get("resources", {}), name
+            assert "nodeSelector" not in k8s.get(name, {}) and "tolerations" not in k8s.get(name, {}), name
+
+
+def test_compile_without_gpus_trains_on_any_node(tmp_path):
+    spec, k8s = _compiled(tmp_path, "--set", "cluster.train_gpus=0")
+    assert "accelerator" not in _executor(spec, "train-op")["resources"]
+    assert "tolerations" not in k8s["exec-train-op"] and "nodeSelector" not in k8s["exec-train-op"]
+
+
+def test_compile_retries_transient_steps_but_not_training_or_deploy(tmp_path):
+    spec, _ = _compiled(tmp_path, "--set", "cluster.retries=4", "--set", "cluster.retry_backoff=45s")
+    tasks = _tasks(spec)
+    for name in (*DATA_STEPS, "evaluate-op", "select-and-gate-op"):
+        policy = tasks[name]["retryPolicy"]
+        assert policy["maxRetryCount"] == 4 and policy["backoffDuration"] == "45s", name
+        assert policy["backoffFactor"] == 2.0 and policy["backoffMaxDuration"] == "600s", name
+    assert "retryPolicy" not in tasks["train-op"] and "retryPolicy" not in tasks["deploy-op"]
+
+    spec, _ = _compiled(tmp_path, "--set", "cluster.train_retries=2")
+    assert _tasks(spec)["train-op"]["retryPolicy"]["maxRetryCount"] == 2
+
+
+def test_compile_puts_a_deadline_on_training_only(tmp_path):
+    _, k8s = _compiled(tmp_path, "--set", "cluster.train_timeout_s=7200")
+    assert int(k8s["exec-train-op"]["activeDeadlineSeconds"]) == 7200
+    assert all("activeDeadlineSeconds" not in v for k, v in k8s.items() if k != "exec-train-op")
+
+
+def test_compile_caches_data_steps_and_never_training_gate_or_deploy(tmp_path):
+    spec, _ = _compiled(tmp_path)
+    tasks = _tasks(spec)
+    for name in (*DATA_STEPS, "evaluate-op"):
+        assert tasks[name]["cachingOptions"] == {"enableCache": True}, name
+    for name in ("train-op", "select-and-gate-op", "deploy-op"):
+        assert not tasks[name]["cachingOptions"].get("enableCache", False), name
+
+
+def test_compile_limits_extract_and_backbone_fan_out_from_the_profile(tmp_path):
+    spec, _ = _compiled(tmp_path, "--set", "cluster.extract_parallelism=7", "--set", "cluster.train_parallelism=2")
+    loops = {t["parameterIterator"]["items"]["inputParameter"]: t["iteratorPolicy"]["parallelismLimit"]
+             for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t}
+    assert loops == {"pipelinechannel--extract_shards": 7, "pipelinechannel--backbones": 2}
+
+
+def test_compile_pipeline_root_volumes_and_key_secret_from_the_profile(tmp_path):
+    spec, k8s = _compiled(tmp_path, "--set", "cluster.pipeline_root=gs://bucket/kfp", "--set", "cluster.data_pvc=mammo-data",
+                          "--set", "cluster.models_pvc=mammo-models", "--set", "cluster.gcp_credentials_secret=gcp-key")
+    assert spec["defaultPipelineRoot"] == "gs://bucket/kfp"
+    mounts = {name: {m["constant"]: m["mountPath"] for m in cfg.get("pvcMount", [])} for name, cfg in k8s.items()}
+    for name in ("exec-ingest-op", "exec-validate-op", "exec-extract-op"):
+        assert mounts[name] == {"mammo-data": "/data"}, name
+    for name in ("exec-select-and-gate-op", "exec-deploy-op"):
+        assert mounts[name] == {"mammo-models": "/models"}, name
+    assert mounts["exec-train-op"] == {} and mounts["exec-balance-op"] == {}
+    # the key arrives as a mounted Kubernetes secret in every step; no key material in the spec
+    for name, ex in spec["deploymentSpec"]["executors"].items():
+        assert k8s[name]["secretAsVolume"][0]["secretName"] == "gcp-key", name
+        env = {e["name"]: e["value"] for e in ex["container"].get("env", [])}
+        assert env["GOOGLE_APPLICATION_CREDENTIALS"] == "/var/secrets/google/key.json", name
+    text = (tmp_path / "pipeline.yaml").read_text()
+    assert "private_key" not in text and "BEGIN PRIVATE KEY" not in text
+
+
+def test_compile_default_has_no_cluster_specific_storage_or_secrets(tmp_path):
+    spec, k8s = _compiled(tmp_path)
+    assert "defaultPipelineRoot" not in spec
+    assert not any("pvcMount" in cfg or "secretAsVolume" in cfg for cfg in k8s.values())
+
+
+def test_compile_profile_becomes_the_pipeline_parameter_defaults(tmp_path):
+    spec, _ = _compiled(tmp_path, "--profile", "demo", "--set", "gate.auc_threshold=0.7")
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["config"]["defaultValue"]["gate"]["auc_threshold"] == 0.7
+    assert params["backbones"]["defaultValue"] == ["mobilenetv3small"]
+
+
+def test_bad_resource_quantity_in_the_profile_fails_compile(tmp_path):
+    out = tmp_path / "pipeline.yaml"
+    with pytest.raises(ValueError, match=r"cluster.train_cpu='8' / cluster.train_memory='16 GB'"):
+        from mammo.components.config import load_config
+        from mammo.pipelines.pipeline import compile_pipeline
+
+        compile_pipeline(str(out), load_config("paper", None, ["cluster.train_memory=16 GB"]))
+    assert not out.exists()
+
+
+def test_local_pipeline_is_the_same_dag_without_retries(tmp_path):
+    """kfp.local sleeps between retries: ``mammo run`` must fail fast, the cluster build retries."""
+    from kfp import compiler
+
+    from mammo.pipelines.pipeline import mammo_pipeline
+
+    out = tmp_path / "local.yaml"
+    compiler.Compiler().compile(mammo_pipeline, package_path=str(out))
+    local_tasks = _tasks(_docs(out)[0])
+    cluster_tasks = _tasks(_compiled(tmp_path)[0])
+    assert set(local_tasks) == set(cluster_tasks)
+    assert not any("retryPolicy" in t for t in local_tasks.values())
+    assert any("retryPolicy" in t for t in cluster_tasks.values())
