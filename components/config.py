@@ -43,6 +43,12 @@ class IngestConfig:
     normal_test_fraction: float = 0.2
     #: the ingest step fails if more than this share of the rows of any input is rejected
     max_reject_fraction: float = 0.05
+    #: concurrent image-header reads on gs:// (each one small ranged request; the GCS client keeps
+    #: 10 pooled connections, so more threads gain little)
+    io_workers: int = 10
+    #: rows that no folder name, metadata.csv or dicom_info.csv resolves are looked up by the
+    #: Study/Series UIDs in the headers of the DICOM files no other row claimed
+    resolve_by_header: bool = True
 
 
 @dataclass
@@ -51,6 +57,9 @@ class ValidateConfig:
 
     #: every class needs at least this many cases (abnormalities / normal images)
     min_per_class: int = 100
+    #: bounds of a plausible image side in pixels (header check; CBIS-DDSM full images ~3000-5500)
+    min_image_side: int = 64
+    max_image_side: int = 12000
 
 
 @dataclass
@@ -67,9 +76,15 @@ class PatchConfig:
     normal_patches_per_image: int = 2
     #: crop side of normal patches in source pixels (DDSM ROIs average ~450 px)
     normal_crop_size: int = 600
-    #: a normal patch is kept only if at least this share of it is breast tissue
-    min_tissue_fraction: float = 0.98
-    #: records per TFRecord shard
+    #: a normal patch is kept only if at least this share of it lies inside the breast mask
+    #: (holes filled, so fat counts as breast); 1.0 = no background at all
+    min_tissue_fraction: float = 1.0
+    #: a ROI mask whose rows and columns each differ from the full image's by at most this share
+    #: is rescaled to the image (and recorded as such); beyond it the cropped image is the fallback
+    mask_rescale_tolerance: float = 0.02
+    #: records per TFRecord file: 1000 PNG patches of 331 px are at most ~110 MB (the raw 8-bit
+    #: size; smooth synthetic patches ~33 MB), i.e. files of tens of MB to ~100 MB that stream well
+    #: from GCS, and a few files per extraction shard
     records_per_shard: int = 1000
 
 
@@ -91,13 +106,16 @@ class TrainConfig:
     backbones: list[str] = field(
         default_factory=lambda: ["resnet50", "xception", "nasnetmobile", "nasnetlarge", "efficientnetb7"]
     )
-    #: "imagenet" (downloads Keras' weights), "none" (random init) or a path to a weights file
+    #: "imagenet" (downloads Keras' weights), "none" (random init) or a weights file (path or gs://)
     weights: str = "imagenet"
+    #: where ImageNet downloads (``<dir>/models/``) and gs:// weights files are cached ("" = ~/.keras)
+    weights_cache_dir: str = ""
     #: "backbone" (each backbone's own preprocessing) or "rescale" (x / 255, the paper's notebooks)
     preprocessing: str = "backbone"
     #: model input side; 0 = the backbone's paper default (224 or 331)
     input_size: int = 0
-    #: batch size; 0 = the backbone's paper default (8, 6 or 2)
+    #: batch size per accelerator; 0 = the backbone's paper default (8, 6 or 2). With several GPUs
+    #: the global batch is this times the replica count
     batch_size: int = 0
     stage1_epochs: int = 3
     stage1_lr: float = 1e-3
@@ -125,8 +143,18 @@ class TrainConfig:
     fill_mode: str = "wrap"
     #: limit batches per epoch (0 = whole dataset); for tests and smoke runs
     steps_per_epoch: int = 0
-    mixed_precision: bool = False
-    jit_compile: bool = False
+    #: mixed_float16 (softmax in float32) and XLA: "auto" (on when a GPU is present), "on", "off"
+    mixed_precision: str = "auto"
+    jit_compile: str = "auto"
+    #: several GPUs in the pod: data-parallel training with tf.distribute.MirroredStrategy
+    multi_gpu: bool = True
+    #: shuffle buffer of the training set (examples); deterministic with the config's seed
+    shuffle_buffer: int = 4096
+    #: per-epoch checkpoints for resuming after a pod restart: "" = ``<model output>/checkpoints``,
+    #: else a durable folder or gs:// prefix (a per-task subfolder is added by the KFP component)
+    checkpoint_dir: str = ""
+    #: continue from the checkpoints found there (stage, epoch, optimizer, callbacks) instead of restarting
+    resume: bool = True
     #: batch-norm momentum override for the backbone (0 = keep the backbone's own, e.g. 0.99 or
     #: 0.999). Training from scratch on little data needs a lower value (the demo uses 0.9) or the
     #: moving statistics lag far behind the weights and validation predictions collapse to one class.
@@ -142,6 +170,51 @@ class GateConfig:
     auc_threshold: float = 0.90
     #: the challenger may be at most this much worse than the served champion
     max_auc_drop: float = 0.01
+    #: optional per-class test AUC floors, entries "class:floor" (e.g. "calc_malignant:0.85");
+    #: "all:0.8" sets a floor for every class (a named class overrides it)
+    class_auc_floors: list[str] = field(default_factory=list)
+    #: promote even if a check fails; the decision, the run summary and the model metadata say so
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        self.class_floors()  # a typo in a floor fails at config time, not after training
+
+    def class_floors(self) -> dict[str, float]:
+        """``class_auc_floors`` as ``{class name: floor}`` (``all`` expanded to every class)."""
+        floors: dict[str, float] = {}
+        named: dict[str, float] = {}
+        for entry in self.class_auc_floors:
+            name, sep, value = str(entry).partition(":")
+            name = name.strip()
+            try:
+                floor = float(value) if sep else float("nan")
+            except ValueError:
+                floor = float("nan")
+            if not 0.0 <= floor <= 1.0 or (name != "all" and name not in CLASS_NAMES):
+                raise ValueError(f"gate.class_auc_floors entry {entry!r} is not 'class:floor' with class in "
+                                 f"{list(CLASS_NAMES) + ['all']} and floor in [0, 1]")
+            if name == "all":
+                floors = dict.fromkeys(CLASS_NAMES, floor)
+            else:
+                named[name] = floor
+        return {**floors, **named}
+
+
+@dataclass
+class EvaluateConfig:
+    """Test-set evaluation: uncertainty, calibration and operating points (the gate reads the results)."""
+
+    #: patient-level bootstrap resamples for the confidence intervals (0 = no intervals)
+    bootstrap_resamples: int = 1000
+    #: confidence level of the bootstrap intervals
+    ci_level: float = 0.95
+    #: each class's sensitivity is reported at these specificities
+    specificities: list[float] = field(default_factory=lambda: [0.90, 0.95])
+    #: equal-width confidence bins of the expected calibration error and the reliability plot
+    calibration_bins: int = 15
+    #: fit a softmax temperature on validation and store it with the selected model; the gate's
+    #: metrics stay those of the raw model outputs (what deploy serves unless it applies the temperature)
+    temperature_scaling: bool = True
 
 
 @dataclass
@@ -152,6 +225,67 @@ class DeployConfig:
     #: TF Serving REST base URL to poll until the new version is AVAILABLE ("" = do not wait)
     wait_for_rest_url: str = ""
     wait_timeout_s: int = 300
+    #: once AVAILABLE, send one prediction and compare it with the local SavedModel's answer
+    check_prediction: bool = True
+    #: complete versions kept in the model repository after a successful deploy (0 = keep all)
+    keep_versions: int = 5
+
+
+@dataclass
+class ClusterConfig:
+    """How the compiled pipeline runs on Kubernetes (read by ``mammo compile / submit / schedule``).
+
+    KFP fixes task resources, scheduling, retries and loop parallelism when the pipeline is
+    compiled, so these settings are taken from the profile at compile time; changing them in a
+    run's ``config`` parameter has no effect. ``pipeline_root`` and ``service_account`` are set
+    on each submitted run. Credentials never live here: name a Kubernetes secret, or use
+    workload identity through ``service_account``.
+    """
+
+    #: CPU / memory requests (Kubernetes quantities) per step group; memory limit = request
+    data_cpu: str = "4"  # ingest, validate_data, extract_patches, balance_split
+    data_memory: str = "16Gi"
+    train_cpu: str = "8"
+    train_memory: str = "32Gi"
+    eval_cpu: str = "4"
+    eval_memory: str = "16Gi"
+    gate_cpu: str = "2"  # select_and_gate, deploy (exports the SavedModel)
+    gate_memory: str = "8Gi"
+    #: GPUs per training task (0 = train on CPU, e.g. a kind cluster without GPUs)
+    train_gpus: int = 1
+    accelerator: str = "nvidia.com/gpu"
+    #: GPU type: training pods get the node selector gpu_node_label=gpu_type ("" = any GPU node);
+    #: e.g. cloud.google.com/gke-accelerator=nvidia-l4 or nvidia.com/gpu.product=NVIDIA-A100-SXM4-40GB
+    gpu_node_label: str = "nvidia.com/gpu.product"
+    gpu_type: str = ""
+    #: taint key that training pods tolerate (effect NoSchedule; GPU node pools are usually tainted)
+    gpu_toleration: str = "nvidia.com/gpu"
+    #: retries of the transient steps (ingest .. balance, evaluate, select_and_gate), exponential backoff
+    retries: int = 3
+    retry_backoff: str = "30s"
+    retry_backoff_factor: float = 2.0
+    retry_backoff_max: str = "600s"
+    #: retries of a training task (e.g. on preemptible GPU nodes); deploy is never retried
+    train_retries: int = 0
+    #: training pods are killed after this long (activeDeadlineSeconds; 0 = no limit)
+    train_timeout_s: int = 86400
+    #: concurrent patch-extraction shards / training tasks (0 = unlimited)
+    extract_parallelism: int = 16
+    train_parallelism: int = 5
+    #: where KFP stores artifacts (gs://bucket/prefix, s3://..., minio://...; "" = the cluster's default)
+    pipeline_root: str = ""
+    #: Kubernetes service account of the run's pods ("" = the cluster's default, pipeline-runner)
+    service_account: str = ""
+    #: a Kubernetes secret holding a GCP key file ``key.json``, mounted in every step with
+    #: GOOGLE_APPLICATION_CREDENTIALS ("" = workload identity or node credentials)
+    gcp_credentials_secret: str = ""
+    #: PersistentVolumeClaims (in the run's namespace) mounted into the steps: the data claim into
+    #: ingest, validate_data and extract_patches; the models claim (serving root) into
+    #: select_and_gate and deploy ("" = none: data and models are gs:// URIs)
+    data_pvc: str = ""
+    data_mount: str = "/data"
+    models_pvc: str = ""
+    models_mount: str = "/models"
 
 
 @dataclass
@@ -162,8 +296,10 @@ class Config:
     patches: PatchConfig = field(default_factory=PatchConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     # -- conversions ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

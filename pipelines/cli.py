@@ -1,6 +1,7 @@
 """``mammo``: the command line (ARCHITECTURE.md section 3).
 
-Pipeline commands: ``synth``, ``run``, ``demo``, ``compile``, ``submit``, ``schedule``, ``predict``.
+Pipeline commands: ``synth``, ``run``, ``demo``, ``compile``, ``submit``, ``schedule``, ``predict``,
+``rollback``.
 Step commands (debugging, and what the images run): ``ingest``, ``validate``, ``extract``,
 ``balance``, ``train``, ``evaluate``, ``deploy``. Heavy imports happen inside each command.
 """
@@ -92,37 +93,43 @@ def cmd_demo(args) -> None:
 
 
 def cmd_compile(args) -> None:
+    from mammo.components.config import CPU_IMAGE, GPU_IMAGE
     from mammo.pipelines.pipeline import compile_pipeline
 
-    compile_pipeline(args.out)
-    print(f"compiled pipeline -> {args.out}")
+    cfg = _config(args)  # cluster.* settings are compile-time: resources, GPU type, retries, parallelism
+    compile_pipeline(args.out, cfg)
+    print(f"compiled pipeline ({args.profile} profile; images {CPU_IMAGE}, {GPU_IMAGE}) -> {args.out}")
 
 
 def cmd_submit(args) -> None:
     from mammo.pipelines.remote import submit_run
 
-    run_id = submit_run(args.host, _config(args), args.data, args.normals, args.serving_root,
-                        experiment=args.experiment, run_name=args.run_name, extract_shards=args.extract_shards)
-    print(f"submitted run {run_id} to {args.host}")
+    done = submit_run(args.host, _config(args), args.data, args.normals, args.serving_root,
+                      experiment=args.experiment, run_name=args.run_name, extract_shards=args.extract_shards)
+    print(f"submitted run {done.run_id} (pipeline version {done.version_name}) to {args.host}: {done.url}")
 
 
 def cmd_schedule(args) -> None:
-    from mammo.pipelines.remote import schedule_runs
+    from mammo.pipelines.remote import schedule_runs, validate_cron
 
-    job_id = schedule_runs(args.host, _config(args), args.data, args.normals, args.serving_root, cron=args.cron,
-                           experiment=args.experiment, job_name=args.job_name, extract_shards=args.extract_shards)
-    print(f"scheduled recurring run {job_id} ({args.cron}) on {args.host}")
+    validate_cron(args.cron)  # a clear error before compiling or contacting the server
+    done = schedule_runs(args.host, _config(args), args.data, args.normals, args.serving_root, cron=args.cron,
+                         experiment=args.experiment, job_name=args.job_name, extract_shards=args.extract_shards)
+    print(f"scheduled recurring run {done.recurring_run_id} ({args.cron}, one at a time, no catch-up; "
+          f"pipeline version {done.version_name}) on {args.host}: {done.url}")
 
 
 def cmd_predict(args) -> None:
     from mammo.components.deploy import predict
 
     if args.model:
-        results = predict.predict_local(args.model, args.images)
+        results = predict.predict_local(args.model, args.images, signature=args.signature, size=args.size)
     elif args.server:
-        results = predict.predict_grpc(args.server, args.model_name, args.images, args.size)
+        results = predict.predict_grpc(args.server, args.model_name, args.images, args.size,
+                                       version=args.version, signature=args.signature)
     else:
-        results = predict.predict_rest(args.rest, args.model_name, args.images, args.size)
+        results = predict.predict_rest(args.rest, args.model_name, args.images, args.size,
+                                       version=args.version, signature=args.signature)
     _print_json(results)
 
 
@@ -132,7 +139,9 @@ def cmd_predict(args) -> None:
 def cmd_ingest(args) -> None:
     from mammo.components.ingest.logic import ingest
 
-    _print_json(ingest(args.data, args.normals, args.out, _config(args).ingest).to_dict())
+    cfg = _config(args)
+    _print_json(ingest(args.data, args.normals, args.out, cfg.ingest, seed=cfg.seed,
+                       validation_fraction=cfg.balance.validation_fraction).to_dict())
 
 
 def cmd_validate(args) -> None:
@@ -140,8 +149,10 @@ def cmd_validate(args) -> None:
 
     from mammo.components.validate.logic import validate_cases
 
+    v = _config(args).validate
     result = validate_cases(pd.read_parquet(Path(args.cases) / "cases.parquet"), args.out,
-                            min_per_class=_config(args).validate.min_per_class)
+                            min_per_class=v.min_per_class, min_image_side=v.min_image_side,
+                            max_image_side=v.max_image_side)
     _print_json(result.__dict__)
     if not result.success:
         raise SystemExit("validation failed: " + "; ".join(result.critical_failures))
@@ -176,10 +187,48 @@ def cmd_train(args) -> None:
     _print_json(asdict(train_backbone(args.dataset, args.backbone, args.out, cfg.train, cfg.seed)))
 
 
+def cmd_bench_train(args) -> None:
+    """Training throughput per backbone: images/s, step time, input-wait share, peak memory."""
+    from mammo.components.train.backbones import BACKBONES
+    from mammo.components.train.bench import bench_train, format_table
+
+    cfg = _config(args)
+    train_cfg = cfg.with_overrides({"train.weights": args.weights, "train.mixed_precision": args.mixed_precision,
+                                    "train.jit_compile": args.xla}).train
+    names: list[str] = []
+    for name in args.backbone or ["paper"]:
+        if name == "paper":
+            names += [n for n, b in BACKBONES.items() if b.paper]
+        elif name == "all":
+            names += [n for n in BACKBONES if n != "tinycnn"]
+        else:
+            names.append(name)
+    results, failed = [], []
+    print("\n".join(format_table([]).splitlines()[:2]), flush=True)  # the header; a row per backbone follows
+    for name in names:
+        try:
+            result = bench_train(name, args.image_size, args.batch, args.steps, args.warmup, train_cfg,
+                                 stage=args.stage, data_dir=args.data, seed=cfg.seed)
+        except Exception as exc:  # one backbone failing (e.g. out of memory) must not hide the others
+            log.error("%s: benchmark failed: %s: %s", name, type(exc).__name__, str(exc).splitlines()[0][:300])
+            failed.append(name)
+            print(f"| {name} | failed: {type(exc).__name__} |", flush=True)
+            continue
+        results.append(result)
+        print(format_table([result]).splitlines()[-1], flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.as_dict() for r in results], indent=2))
+        print(f"results: {args.json}")
+    if failed:
+        raise RuntimeError(f"benchmark failed for {', '.join(failed)}")
+
+
 def cmd_evaluate(args) -> None:
     from mammo.components.evaluate.logic import evaluate_model
 
-    result = evaluate_model(Path(args.model) / "model.keras", args.dataset, args.out, args.backbone)
+    cfg = _config(args)
+    result = evaluate_model(Path(args.model) / "model.keras", args.dataset, args.out, args.backbone,
+                            cfg=cfg.evaluate, seed=cfg.seed)
     _print_json({s: {k: result[s][k] for k in ("n", "accuracy", "macro_auc", "macro_f1")} for s in ("validation", "test")})
 
 
@@ -187,9 +236,22 @@ def cmd_deploy(args) -> None:
     from mammo.components.deploy.logic import deploy
 
     metadata = json.loads(Path(args.metadata).read_text()) if args.metadata else {}
+    evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
     pushed = deploy(Path(args.model) / "model.keras", args.serving_root, args.model_name, metadata,
-                    wait_for_rest_url=args.wait_for_rest_url or "")
+                    wait_for_rest_url=args.wait_for_rest_url or "", wait_timeout_s=args.wait_timeout_s,
+                    evaluation=evaluation, keep_versions=args.keep_versions)
     _print_json(pushed.__dict__)
+
+
+def cmd_rollback(args) -> None:
+    from mammo.components.deploy.logic import current_champion, rollback
+
+    pushed = rollback(args.serving_root, args.model_name, to_version=args.to_version,
+                      wait_for_rest_url=args.wait_for_rest_url or "", wait_timeout_s=args.wait_timeout_s,
+                      keep_versions=args.keep_versions)
+    champion = current_champion(args.serving_root, args.model_name) or {}
+    _print_json({"model_name": args.model_name, **pushed.__dict__,
+                 "rolled_back_from": champion.get("rolled_back_from"), "replaced_version": champion.get("replaced_version")})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,13 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("compile", help="compile the pipeline to a KFP YAML")
+    p = sub.add_parser("compile", help="compile the pipeline to a KFP YAML (cluster.* settings from the profile)")
     p.add_argument("--out", default="pipeline.yaml")
+    _add_config_args(p)
     p.set_defaults(func=cmd_compile)
 
     for name, func in (("submit", cmd_submit), ("schedule", cmd_schedule)):
         p = sub.add_parser(name, help=f"{name} the pipeline on a Kubeflow Pipelines API server")
-        p.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8080")
+        p.add_argument("--host", required=True,
+                       help="KFP API URL, e.g. http://localhost:8888 (kubectl port-forward svc/ml-pipeline)")
         p.add_argument("--data", required=True, help="gs://bucket/prefix or a path mounted in the pods")
         p.add_argument("--normals", required=True)
         p.add_argument("--serving-root", required=True, help="model repository TF Serving reads")
@@ -242,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "submit":
             p.add_argument("--run-name")
         else:
-            p.add_argument("--cron", required=True, help="6-field KFP cron, e.g. '0 0 3 * * 0'")
+            p.add_argument("--cron", required=True,
+                           help="KFP cron: six fields, seconds first, e.g. '0 0 3 * * 0' (03:00 every Sunday)")
             p.add_argument("--job-name", default="mammo-retrain")
         _add_config_args(p)
         p.set_defaults(func=func)
@@ -253,7 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--server", help="TF Serving gRPC HOST:PORT")
     src.add_argument("--rest", help="TF Serving REST base URL, e.g. http://localhost:8501")
     p.add_argument("--model-name", default="mammo")
-    p.add_argument("--size", type=int, default=None, help="patch size (remote only; default: read from the server)")
+    p.add_argument("--version", type=int, default=None, help="served version (remote only; default: the latest)")
+    p.add_argument("--signature", default="serving_default", choices=["serving_default", "predict_pixels"],
+                   help="serving_default sends PNG bytes, predict_pixels raw uint8 pixels")
+    p.add_argument("--size", type=int, default=None,
+                   help="resize to SIZE x SIZE on the client with the training resampler (default: the model resizes)")
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_predict)
 
@@ -292,11 +361,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("bench-train", help="training throughput per backbone (images/s, step time, input wait, memory)")
+    p.add_argument("--backbone", action="append", metavar="NAME",
+                   help="registry name, 'paper' (the five; default) or 'all'; repeatable")
+    p.add_argument("--image-size", type=int, default=331, help="stored patch side (the model resizes to its input)")
+    p.add_argument("--batch", type=int, default=0, help="batch per accelerator (default: the backbone's)")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (tracing, XLA compilation)")
+    p.add_argument("--stage", type=int, default=3, choices=[1, 2, 3], help="which stage's trainable layers")
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--xla", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--weights", default="none", help="none (default, no download), imagenet or a file")
+    p.add_argument("--data", help="a balance output folder to read train TFRecords from (default: synthetic)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_bench_train)
+
     p = sub.add_parser("evaluate", help="step: validation/test metrics of a trained model")
     p.add_argument("--model", required=True, help="train output folder")
     p.add_argument("--dataset", required=True)
     p.add_argument("--backbone", required=True)
     p.add_argument("--out", required=True)
+    _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("deploy", help="step: export a serving SavedModel and push a new version")
@@ -304,8 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serving-root", required=True)
     p.add_argument("--model-name", default="mammo")
     p.add_argument("--metadata", help="JSON file stored with the version (e.g. test metrics)")
-    p.add_argument("--wait-for-rest-url")
+    p.add_argument("--evaluation", help="evaluate step's metrics.json, stored with the version and in its model card")
+    p.add_argument("--wait-for-rest-url", help="TF Serving REST URL: wait for AVAILABLE, then check one prediction")
+    p.add_argument("--wait-timeout-s", type=float, default=300)
+    p.add_argument("--keep-versions", type=int, default=0, help="keep the last K complete versions (0: all)")
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("rollback", help="serve an earlier version again (re-published as the newest version)")
+    p.add_argument("--serving-root", required=True, help="model repository TF Serving reads (path or gs://)")
+    p.add_argument("--model-name", default="mammo")
+    p.add_argument("--to-version", type=int, default=None, help="default: the version before the served one")
+    p.add_argument("--wait-for-rest-url", help="TF Serving REST URL: wait for AVAILABLE, then check one prediction")
+    p.add_argument("--wait-timeout-s", type=float, default=300)
+    p.add_argument("--keep-versions", type=int, default=0, help="keep the last K complete versions (0: all)")
+    p.set_defaults(func=cmd_rollback)
     return parser
 
 
@@ -316,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, TimeoutError, RuntimeError) as exc:
         # a clear one-line error for users; the traceback with --verbose
         log.error("%s", exc, exc_info=args.verbose)
         return 1

@@ -8,6 +8,9 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+# fixtures gcs_server, gcs_client, gcs_bucket, flaky_gcs (tests/gcs_emulator.py)
+pytest_plugins = ["gcs_emulator"]
+
 def _real_csv_dir() -> Path:
     """MAMMO_CBIS_CSV_DIR, else ``../shared/data/cbis-ddsm`` beside the checkout, else the workspace copy."""
     if os.environ.get("MAMMO_CBIS_CSV_DIR"):
