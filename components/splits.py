@@ -15,6 +15,11 @@ import warnings
 import pandas as pd
 
 
+def stable_fraction(key: str) -> float:
+    """A number in [0, 1] fixed by ``key`` (same on every run and machine): seeded patient hashing."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
 def patient_split(rows: pd.DataFrame, validation_fraction: float, seed: int) -> pd.Series:
     """``train`` / ``validation`` / ``test`` per row (needs ``split``, ``patient_id``, ``label_index``)."""
     from sklearn.model_selection import StratifiedGroupKFold
@@ -37,6 +42,5 @@ def patient_split(rows: pd.DataFrame, validation_fraction: float, seed: int) -> 
         except ValueError:  # every class smaller than n_splits
             pass
     for i, p in zip(train.index, patients):
-        h = int(hashlib.sha256(f"{seed}:{p}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        subset[i] = "validation" if h < validation_fraction else "train"
+        subset[i] = "validation" if stable_fraction(f"{seed}:{p}") < validation_fraction else "train"
     return subset

@@ -198,7 +198,7 @@ def submit_run(host: str, cfg: Config, data_uri: str, normals_uri: str, serving_
     with _api_errors(host):
         client, experiment_id, pipeline_id, version_id, version_name = _prepare(host, cfg, experiment)
         run = client.run_pipeline(
-        experiment_id=experiment_id,
+            experiment_id=experiment_id,
             job_name=run_name or f"{PIPELINE_NAME}-{'-'.join(cfg.train.backbones)}"[:60],
             params=params,
             pipeline_id=pipeline_id,

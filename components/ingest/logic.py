@@ -40,7 +40,6 @@ stratified by class (``validation_fraction``), so validation can prove no patien
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -57,7 +56,7 @@ from typing import Any
 import pandas as pd
 
 from mammo.components import storage
-from mammo.components.splits import patient_split
+from mammo.components.splits import patient_split, stable_fraction
 from mammo.components.config import CLASS_NAMES, IngestConfig
 from mammo.components.storage import Entry
 
@@ -681,8 +680,7 @@ def _normal_rows(root: str, entries: list[Entry], files: dict[str, Entry]) -> tu
 
 def _normal_split(patient_id: str, test_fraction: float) -> str:
     """Deterministic patient-level split of the normals (stable across runs and machines)."""
-    h = int(hashlib.sha256(patient_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if h < test_fraction else "train"
+    return "test" if stable_fraction(patient_id) < test_fraction else "train"
 
 
 def _plan_normal(row: dict, files: dict[str, Entry]) -> Entry:

@@ -334,24 +334,14 @@ def _table_notes(df: pd.DataFrame, class_counts: dict[str, int], min_per_class: 
     if short:
         notes["class_count"] = f"classes below min_per_class={min_per_class}: " + ", ".join(short)
     if "patient_id" in df.columns:
-        leak = df.loc[df["patient_in_train_and_validation"], "patient_id"]
-        leaking = sorted(leak.dropna().astype(str).unique())
-        if leaking:
-            more = ", ..." if len(leaking) > 10 else ""
-            notes["patient_in_train_and_validation"] = (
-                f"{len(leaking)} patient(s) with {len(leak)} rows in both train and validation: "
-                + ", ".join(leaking[:10])
-                + more
-            )
-        both = df.loc[df["patient_in_both_splits"], "patient_id"]
-        patients = sorted(both.dropna().astype(str).unique())
-        if patients:
-            more = ", ..." if len(patients) > 10 else ""
-            notes["patient_in_both_splits"] = (
-                f"{len(patients)} patient(s) with {len(both)} rows in both train and test: "
-                + ", ".join(patients[:10])
-                + more
-            )
+        for column, where in (("patient_in_train_and_validation", "train and validation"),
+                              ("patient_in_both_splits", "train and test")):
+            rows = df.loc[df[column], "patient_id"]
+            patients = sorted(rows.dropna().astype(str).unique())
+            if patients:
+                more = ", ..." if len(patients) > 10 else ""
+                notes[column] = (f"{len(patients)} patient(s) with {len(rows)} rows in both {where}: "
+                                 + ", ".join(patients[:10]) + more)
     return notes
 
 
