@@ -4,7 +4,7 @@
 
 Synthesizes a small CBIS-DDSM-like download at full size (``--per-class 2`` gives 8 abnormal
 images plus 2 normal CC views used for patches: 10 images), ingests it, then times the real
-extraction code (:func:`mammo.components.extract.logic.plan_jobs` / ``run_jobs``) with one process
+extraction code (:func:`mammo.components.extract_patches.logic.plan_jobs` / ``run_jobs``) with one process
 and with a pool of ``--workers`` spawned processes, and the whole step (``extract_patches``: patches,
 TFRecords, manifest, previews). Workers are spawned, as in the step. It prints:
 
@@ -43,7 +43,7 @@ def _import_only() -> float:
     import scipy.ndimage  # noqa: F401
     import skimage.filters  # noqa: F401
 
-    import mammo.components.extract.logic as logic
+    import mammo.components.extract_patches.logic as logic
 
     return logic._peak_rss_mb()
 
@@ -59,7 +59,7 @@ def _timed_pool(jobs: list, workers: int) -> tuple[float, float, list[dict]]:
     The workers are started and have imported the extraction code before the clock starts (a
     one-off ~1-2 s per extraction task that a benchmark of 10 images would otherwise be all about).
     """
-    from mammo.components.extract.logic import _patches_for_image
+    from mammo.components.extract_patches.logic import _patches_for_image
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for f in [pool.submit(_import_only) for _ in range(workers)]:
@@ -72,7 +72,7 @@ def _timed_pool(jobs: list, workers: int) -> tuple[float, float, list[dict]]:
 
 def _traced_peaks_mb(jobs: list) -> list[float]:
     """Peak traced allocation (MB) while each job runs, in this process."""
-    from mammo.components.extract.logic import _patches_for_image
+    from mammo.components.extract_patches.logic import _patches_for_image
 
     peaks = []
     tracemalloc.start()
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from mammo.components.config import IngestConfig, PatchConfig
-    from mammo.components.extract.logic import extract_patches, plan_jobs
+    from mammo.components.extract_patches.logic import extract_patches, plan_jobs
     from mammo.components.ingest.logic import ingest
     from mammo.components.synth.logic import synthesize
 

@@ -147,7 +147,7 @@ def cmd_ingest(args) -> None:
 def cmd_validate(args) -> None:
     import pandas as pd
 
-    from mammo.components.validate.logic import validate_cases
+    from mammo.components.validate_data.logic import validate_cases
 
     v = _config(args).validate
     result = validate_cases(pd.read_parquet(Path(args.cases) / "cases.parquet"), args.out,
@@ -161,7 +161,7 @@ def cmd_validate(args) -> None:
 def cmd_extract(args) -> None:
     from dataclasses import asdict
 
-    from mammo.components.extract.logic import extract_patches
+    from mammo.components.extract_patches.logic import extract_patches
 
     cfg = _config(args)
     report = extract_patches(Path(args.cases) / "cases.parquet", args.out, cfg.patches, cfg.seed,
@@ -172,7 +172,7 @@ def cmd_extract(args) -> None:
 def cmd_balance(args) -> None:
     from dataclasses import asdict
 
-    from mammo.components.balance.logic import balance_split
+    from mammo.components.balance_split.logic import balance_split
 
     cfg = _config(args)
     _print_json(asdict(balance_split(args.patches, args.out, cfg.balance, cfg.seed)))
@@ -333,13 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("validate", help="step: great-expectations suite over cases")
+    p = sub.add_parser("validate_data", aliases=["validate"], help="step: great-expectations suite over cases")
     p.add_argument("--cases", required=True, help="ingest output folder")
     p.add_argument("--out", required=True)
     _add_config_args(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("extract", help="step: patches (one shard) -> TFRecords + manifest")
+    p = sub.add_parser("extract_patches", aliases=["extract"], help="step: patches (one shard) -> TFRecords + manifest")
     p.add_argument("--cases", required=True, help="ingest output folder")
     p.add_argument("--out", required=True)
     p.add_argument("--shard-index", type=int, default=0)
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("balance", help="step: split by patient, balance, write split TFRecords")
+    p = sub.add_parser("balance_split", aliases=["balance"], help="step: split by patient, balance, write split TFRecords")
     p.add_argument("--patches", required=True, nargs="+", help="extract output folder(s)")
     p.add_argument("--out", required=True)
     _add_config_args(p)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from mammo.components.config import Config
+from mammo.components.contracts import RUN_SUMMARY, find_reports
 
 log = logging.getLogger(__name__)
 
@@ -42,30 +43,18 @@ def run_local(cfg: Config, data_uri: str, normals_uri: str, out_dir: str | Path,
     summary = build_summary(run_dirs[-1], cfg)
     summary["seconds"] = round(time.time() - start, 1)
     summary["run_dir"] = str(run_dirs[-1])
-    (out_dir / "run-summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / RUN_SUMMARY).write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _reports(run_dir: Path) -> dict[str, list[dict]]:
-    found: dict[str, list[dict]] = {}
-    for path in sorted(run_dir.rglob("report.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(data, dict) and "step" in data:
-            found.setdefault(data["step"], []).append(data)
-    return found
 
 
 def build_summary(run_dir: Path, cfg: Config) -> dict:
     """``run-summary.json`` (ARCHITECTURE.md section 3) from the steps' reports of one run."""
-    reports = _reports(run_dir)
+    reports = find_reports(run_dir)
     ingest = (reports.get("ingest") or [{}])[0]
     totals = ingest.get("totals", {})
-    extract = reports.get("extract", [])
-    balance = (reports.get("balance") or [{}])[0]
-    gate = (reports.get("gate") or [None])[0]
+    extract = reports.get("extract_patches", [])
+    balance = (reports.get("balance_split") or [{}])[0]
+    gate = (reports.get("select_and_gate") or [None])[0]
     deploy = (reports.get("deploy") or [None])[0]
     summary: dict = {
         "counts": {

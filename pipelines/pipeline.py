@@ -14,15 +14,15 @@ retries: kfp.local honours ``set_retry`` with real sleeps, and a local failure s
 # no `from __future__ import annotations`: KFP reads the pipeline signature's annotations as types
 from kfp import dsl, kubernetes
 
-from mammo.components.balance.component import balance_op
+from mammo.components.balance_split.component import balance_split
 from mammo.components.config import ClusterConfig, Config, paper_config
-from mammo.components.deploy.component import deploy_op
-from mammo.components.evaluate.component import evaluate_op
-from mammo.components.extract.component import extract_op
-from mammo.components.gate.component import select_and_gate_op
-from mammo.components.ingest.component import ingest_op
-from mammo.components.train.component import train_op
-from mammo.components.validate.component import validate_op
+from mammo.components.deploy.component import deploy
+from mammo.components.evaluate.component import evaluate
+from mammo.components.extract_patches.component import extract_patches
+from mammo.components.ingest.component import ingest
+from mammo.components.select_and_gate.component import select_and_gate
+from mammo.components.train.component import train
+from mammo.components.validate_data.component import validate_data
 
 PIPELINE_NAME = "mammo-cbis-ddsm"
 PIPELINE_DESCRIPTION = "CBIS-DDSM + DDSM normals -> gated, deployed 5-class patch classifier"
@@ -48,39 +48,39 @@ def build_pipeline(cfg: Config | None = None, *, retries: bool = True):
         extract_shards: list = [0],
         num_extract_shards: int = 1,
     ):
-        ingest = ingest_op(data_uri=data_uri, normals_uri=normals_uri, config=config).set_display_name("ingest")
-        _data_step(ingest, cl, retries)
-        validate = validate_op(cases=ingest.outputs["cases"], config=config).set_display_name("validate_data")
-        _data_step(validate, cl, retries)
+        ingest_task = ingest(data_uri=data_uri, normals_uri=normals_uri, config=config).set_display_name("ingest")
+        _data_step(ingest_task, cl, retries)
+        validate_task = validate_data(cases=ingest_task.outputs["cases"], config=config).set_display_name("validate_data")
+        _data_step(validate_task, cl, retries)
 
         with dsl.ParallelFor(extract_shards, parallelism=cl.extract_parallelism, name="extract-shards") as shard:
-            extract = extract_op(cases=ingest.outputs["cases"], config=config, shard_index=shard,
-                                 num_shards=num_extract_shards).after(validate).set_display_name("extract_patches")
-            _data_step(extract, cl, retries)
+            extract_task = extract_patches(cases=ingest_task.outputs["cases"], config=config, shard_index=shard,
+                                           num_shards=num_extract_shards).after(validate_task).set_display_name("extract_patches")
+            _data_step(extract_task, cl, retries)
 
-        balance = balance_op(patches=dsl.Collected(extract.outputs["patches"]), config=config)
-        _data_step(balance.set_display_name("balance_split"), cl, retries, mount_data=False)
+        balance_task = balance_split(patches=dsl.Collected(extract_task.outputs["patches"]), config=config)
+        _data_step(balance_task.set_display_name("balance_split"), cl, retries, mount_data=False)
 
         with dsl.ParallelFor(backbones, parallelism=cl.train_parallelism, name="backbones") as backbone:
-            train = train_op(dataset=balance.outputs["dataset"], backbone=backbone, config=config)
-            _train_step(train.set_display_name("train"), cl, retries)
-            evaluate = evaluate_op(model=train.outputs["model"], dataset=balance.outputs["dataset"], backbone=backbone,
-                                   config=config)
-            _step(evaluate.set_display_name("evaluate"), cl, "eval", cache=True)
-            _retry(evaluate, cl, cl.retries if retries else 0)
+            train_task = train(dataset=balance_task.outputs["dataset"], backbone=backbone, config=config)
+            _train_step(train_task.set_display_name("train"), cl, retries)
+            evaluate_task = evaluate(model=train_task.outputs["model"], dataset=balance_task.outputs["dataset"],
+                                     backbone=backbone, config=config)
+            _step(evaluate_task.set_display_name("evaluate"), cl, "eval", cache=True)
+            _retry(evaluate_task, cl, cl.retries if retries else 0)
 
-        gate = select_and_gate_op(evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
-                                  models=dsl.Collected(train.outputs["model"]), config=config,
-                                  serving_root=serving_root).set_display_name("select_and_gate")
+        gate_task = select_and_gate(evaluations=dsl.Collected(evaluate_task.outputs["evaluation"]),
+                                    models=dsl.Collected(train_task.outputs["model"]), config=config,
+                                    serving_root=serving_root).set_display_name("select_and_gate")
         # never cached: the decision depends on the champion being served now
-        _step(gate, cl, "gate", cache=False, models=True)
-        _retry(gate, cl, cl.retries if retries else 0)
+        _step(gate_task, cl, "gate", cache=False, models=True)
+        _retry(gate_task, cl, cl.retries if retries else 0)
 
-        with dsl.If(gate.outputs["Output"] == True, name="promoted"):  # noqa: E712 (KFP condition syntax)
-            deploy = deploy_op(model=gate.outputs["selected_model"], decision=gate.outputs["decision"], config=config,
-                               serving_root=serving_root).set_display_name("deploy")
+        with dsl.If(gate_task.outputs["Output"] == True, name="promoted"):  # noqa: E712 (KFP condition syntax)
+            deploy_task = deploy(model=gate_task.outputs["selected_model"], decision=gate_task.outputs["decision"],
+                                 config=config, serving_root=serving_root).set_display_name("deploy")
             # not cached, not retried: each attempt pushes a new serving version
-            _step(deploy, cl, "gate", cache=False, models=True)
+            _step(deploy_task, cl, "gate", cache=False, models=True)
 
     return mammo_pipeline
 

@@ -354,11 +354,11 @@ def test_kind_run_config_compiles_to_small_cpu_tasks_with_the_claims(tmp_path):
     out = Path(compile_pipeline(str(tmp_path / "p.yaml"), cfg))
     spec, platform = list(yaml.safe_load_all(out.read_text()))
     executors = spec["deploymentSpec"]["executors"]
-    assert "accelerator" not in executors["exec-train-op"]["container"]["resources"]
+    assert "accelerator" not in executors["exec-train"]["container"]["resources"]
     assert all(float(e["container"]["resources"]["memoryRequest"]) <= 8 for e in executors.values())  # GB
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert k8s["exec-ingest-op"]["pvcMount"][0]["constant"] == "mammo-data"
-    assert k8s["exec-deploy-op"]["pvcMount"][0]["constant"] == "mammo-models"
+    assert k8s["exec-ingest"]["pvcMount"][0]["constant"] == "mammo-data"
+    assert k8s["exec-deploy"]["pvcMount"][0]["constant"] == "mammo-models"
 
 
 # -- the README's guide -------------------------------------------------------------------------------

@@ -329,7 +329,7 @@ def test_evaluate_component_body_logs_kfp_metrics_confusion_matrix_and_roc(tmp_p
     from kfp import dsl
 
     from mammo.components.config import load_config
-    from mammo.components.evaluate.component import evaluate_op
+    from mammo.components.evaluate.component import evaluate
 
     model_dir, dataset = _tiny_model_and_dataset(tmp_path)
 
@@ -342,7 +342,7 @@ def test_evaluate_component_body_logs_kfp_metrics_confusion_matrix_and_roc(tmp_p
                                                           ("classification", dsl.ClassificationMetrics),
                                                           ("report", dsl.HTML))}
     config = load_config("demo", overrides=["evaluate.bootstrap_resamples=20"]).to_dict()
-    evaluate_op.python_func(model=artifact(dsl.Model, model_dir), dataset=artifact(dsl.Dataset, dataset),
+    evaluate.python_func(model=artifact(dsl.Model, model_dir), dataset=artifact(dsl.Dataset, dataset),
                             backbone="tiny", config=config, **outs)
     record = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     logged = outs["metrics"].metadata

@@ -19,28 +19,28 @@ def test_compile_writes_gpu_train_loop_and_conditional_deploy(tmp_path):
     loop = next(t for t in root.values() if t.get("parameterIterator", {}).get("items", {}).get("inputParameter")
                 == "pipelinechannel--backbones")
     loop_dag = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    assert "train-op" in loop_dag and "evaluate-op" in loop_dag
+    assert "train" in loop_dag and "evaluate" in loop_dag
 
     # the train executor requests one nvidia.com/gpu and runs the GPU image
-    train_exec = spec["deploymentSpec"]["executors"]["exec-train-op"]["container"]
+    train_exec = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
     acc = train_exec["resources"]["accelerator"]
     assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "1"
     assert "gpu" in train_exec["image"]
     assert train_exec["resources"]["cpuRequest"] > 0 and train_exec["resources"]["memoryRequest"] > 0
 
     # ...and tolerates GPU nodes (kfp-kubernetes platform spec)
-    tolerations = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-op"]["tolerations"]
+    tolerations = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}.items() <= tolerations[0].items()
 
     # deploy sits under a condition on the gate's promoted output
     cond = next(t for t in root.values() if "triggerPolicy" in t)
-    assert cond["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--select-and-gate-op-Output'] == true"
+    assert cond["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--select-and-gate-Output'] == true"
     cond_dag = spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
-    assert list(cond_dag) == ["deploy-op"]
-    assert "deploy-op" not in root
+    assert list(cond_dag) == ["deploy"]
+    assert "deploy" not in root
 
     # select_and_gate collects the per-backbone outputs
-    gate_inputs = root["select-and-gate-op"]["inputs"]["artifacts"]
+    gate_inputs = root["select-and-gate"]["inputs"]["artifacts"]
     assert set(gate_inputs) == {"evaluations", "models"}
 
 
@@ -63,7 +63,7 @@ import pytest  # noqa: E402
 
 from mammo.components.config import CPU_IMAGE, GPU_IMAGE, ClusterConfig  # noqa: E402
 
-DATA_STEPS = ("ingest-op", "validate-op", "extract-op", "balance-op")
+DATA_STEPS = ("ingest", "validate-data", "extract-patches", "balance-split")
 K8S = ("platforms", "kubernetes", "deploymentSpec", "executors")
 
 
@@ -91,7 +91,7 @@ def _executor(spec, task):
 def test_compile_writes_our_images_cpu_for_steps_and_gpu_for_training(tmp_path):
     spec, _ = _compiled(tmp_path)
     images = {name: ex["container"]["image"] for name, ex in spec["deploymentSpec"]["executors"].items()}
-    assert images.pop("exec-train-op") == GPU_IMAGE
+    assert images.pop("exec-train") == GPU_IMAGE
     assert set(images.values()) == {CPU_IMAGE}
     # the default tags are the package version the Dockerfiles build
     from importlib.metadata import version
@@ -106,7 +106,7 @@ def test_compile_takes_images_from_the_environment_override(tmp_path):
                    capture_output=True, timeout=120)
     spec, _ = _docs(out)
     images = {name: ex["container"]["image"] for name, ex in spec["deploymentSpec"]["executors"].items()}
-    assert images.pop("exec-train-op") == "registry.example/mammo-gpu:7"
+    assert images.pop("exec-train") == "registry.example/mammo-gpu:7"
     assert set(images.values()) == {"registry.example/mammo:7"}
 
 
@@ -114,8 +114,8 @@ def test_compile_sets_requests_and_memory_limits_per_step_group_from_the_profile
     spec, _ = _compiled(tmp_path, "--set", "cluster.train_cpu=12", "--set", "cluster.train_memory=48Gi",
                         "--set", "cluster.data_memory=6Gi")
     d = ClusterConfig()
-    expected = {"train-op": ("12", "48Gi"), "evaluate-op": (d.eval_cpu, d.eval_memory),
-                "select-and-gate-op": (d.gate_cpu, d.gate_memory), "deploy-op": (d.gate_cpu, d.gate_memory),
+    expected = {"train": ("12", "48Gi"), "evaluate": (d.eval_cpu, d.eval_memory),
+                "select-and-gate": (d.gate_cpu, d.gate_memory), "deploy": (d.gate_cpu, d.gate_memory),
                 **{t: (d.data_cpu, "6Gi") for t in DATA_STEPS}}
     for task, (cpu, memory) in expected.items():
         res = _executor(spec, task)["resources"]
@@ -126,48 +126,48 @@ def test_compile_sets_requests_and_memory_limits_per_step_group_from_the_profile
 def test_compile_gpu_type_becomes_node_selector_and_training_tolerates_gpu_taint(tmp_path):
     spec, k8s = _compiled(tmp_path, "--set", "cluster.gpu_node_label=cloud.google.com/gke-accelerator",
                           "--set", "cluster.gpu_type=nvidia-l4", "--set", "cluster.train_gpus=2")
-    acc = _executor(spec, "train-op")["resources"]["accelerator"]
+    acc = _executor(spec, "train")["resources"]["accelerator"]
     assert (acc["resourceType"], acc["resourceCount"]) == ("nvidia.com/gpu", "2")
-    assert k8s["exec-train-op"]["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
-    assert k8s["exec-train-op"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert k8s["exec-train"]["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert k8s["exec-train"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     # only training asks for a GPU
     for name, ex in spec["deploymentSpec"]["executors"].items():
-        if name != "exec-train-op":
+        if name != "exec-train":
             assert "accelerator" not in ex["container"].get("resources", {}), name
             assert "nodeSelector" not in k8s.get(name, {}) and "tolerations" not in k8s.get(name, {}), name
 
 
 def test_compile_without_gpus_trains_on_any_node(tmp_path):
     spec, k8s = _compiled(tmp_path, "--set", "cluster.train_gpus=0")
-    assert "accelerator" not in _executor(spec, "train-op")["resources"]
-    assert "tolerations" not in k8s["exec-train-op"] and "nodeSelector" not in k8s["exec-train-op"]
+    assert "accelerator" not in _executor(spec, "train")["resources"]
+    assert "tolerations" not in k8s["exec-train"] and "nodeSelector" not in k8s["exec-train"]
 
 
 def test_compile_retries_transient_steps_but_not_training_or_deploy(tmp_path):
     spec, _ = _compiled(tmp_path, "--set", "cluster.retries=4", "--set", "cluster.retry_backoff=45s")
     tasks = _tasks(spec)
-    for name in (*DATA_STEPS, "evaluate-op", "select-and-gate-op"):
+    for name in (*DATA_STEPS, "evaluate", "select-and-gate"):
         policy = tasks[name]["retryPolicy"]
         assert policy["maxRetryCount"] == 4 and policy["backoffDuration"] == "45s", name
         assert policy["backoffFactor"] == 2.0 and policy["backoffMaxDuration"] == "600s", name
-    assert "retryPolicy" not in tasks["train-op"] and "retryPolicy" not in tasks["deploy-op"]
+    assert "retryPolicy" not in tasks["train"] and "retryPolicy" not in tasks["deploy"]
 
     spec, _ = _compiled(tmp_path, "--set", "cluster.train_retries=2")
-    assert _tasks(spec)["train-op"]["retryPolicy"]["maxRetryCount"] == 2
+    assert _tasks(spec)["train"]["retryPolicy"]["maxRetryCount"] == 2
 
 
 def test_compile_puts_a_deadline_on_training_only(tmp_path):
     _, k8s = _compiled(tmp_path, "--set", "cluster.train_timeout_s=7200")
-    assert int(k8s["exec-train-op"]["activeDeadlineSeconds"]) == 7200
-    assert all("activeDeadlineSeconds" not in v for k, v in k8s.items() if k != "exec-train-op")
+    assert int(k8s["exec-train"]["activeDeadlineSeconds"]) == 7200
+    assert all("activeDeadlineSeconds" not in v for k, v in k8s.items() if k != "exec-train")
 
 
 def test_compile_caches_data_steps_and_never_training_gate_or_deploy(tmp_path):
     spec, _ = _compiled(tmp_path)
     tasks = _tasks(spec)
-    for name in (*DATA_STEPS, "evaluate-op"):
+    for name in (*DATA_STEPS, "evaluate"):
         assert tasks[name]["cachingOptions"] == {"enableCache": True}, name
-    for name in ("train-op", "select-and-gate-op", "deploy-op"):
+    for name in ("train", "select-and-gate", "deploy"):
         assert not tasks[name]["cachingOptions"].get("enableCache", False), name
 
 
@@ -183,11 +183,11 @@ def test_compile_pipeline_root_volumes_and_key_secret_from_the_profile(tmp_path)
                           "--set", "cluster.models_pvc=mammo-models", "--set", "cluster.gcp_credentials_secret=gcp-key")
     assert spec["defaultPipelineRoot"] == "gs://bucket/kfp"
     mounts = {name: {m["constant"]: m["mountPath"] for m in cfg.get("pvcMount", [])} for name, cfg in k8s.items()}
-    for name in ("exec-ingest-op", "exec-validate-op", "exec-extract-op"):
+    for name in ("exec-ingest", "exec-validate-data", "exec-extract-patches"):
         assert mounts[name] == {"mammo-data": "/data"}, name
-    for name in ("exec-select-and-gate-op", "exec-deploy-op"):
+    for name in ("exec-select-and-gate", "exec-deploy"):
         assert mounts[name] == {"mammo-models": "/models"}, name
-    assert mounts["exec-train-op"] == {} and mounts["exec-balance-op"] == {}
+    assert mounts["exec-train"] == {} and mounts["exec-balance-split"] == {}
     # the key arrives as a mounted Kubernetes secret in every step; no key material in the spec
     for name, ex in spec["deploymentSpec"]["executors"].items():
         assert k8s[name]["secretAsVolume"][0]["secretName"] == "gcp-key", name

@@ -264,10 +264,10 @@ def test_submit_creates_experiment_uploads_pipeline_and_runs_its_version_with_pr
     spec = kfp_api.versions[done.version_id]["spec"]
     assert spec["pipeline"]["defaultPipelineRoot"] == "gs://bucket/kfp-root"
     executors = spec["pipeline"]["deploymentSpec"]["executors"]
-    assert executors["exec-train-op"]["container"]["image"] == GPU_IMAGE
-    assert executors["exec-ingest-op"]["container"]["image"] == CPU_IMAGE
+    assert executors["exec-train"]["container"]["image"] == GPU_IMAGE
+    assert executors["exec-ingest"]["container"]["image"] == CPU_IMAGE
     k8s = spec["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert k8s["exec-train-op"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "nvidia-l4"}
+    assert k8s["exec-train"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "nvidia-l4"}
 
 
 def test_second_submit_reuses_experiment_pipeline_and_version(kfp_api):
@@ -290,7 +290,7 @@ def test_changed_cluster_setting_uploads_a_new_version_of_the_same_pipeline(kfp_
     assert second.pipeline_id == first.pipeline_id
     assert second.version_id != first.version_id and second.version_name != first.version_name
     spec = kfp_api.versions[second.version_id]["spec"]["pipeline"]
-    assert spec["deploymentSpec"]["executors"]["exec-train-op"]["container"]["resources"]["resourceMemoryRequest"] == "64Gi"
+    assert spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]["resourceMemoryRequest"] == "64Gi"
 
 
 def test_cli_submit_prints_run_and_uses_profile_and_overrides(kfp_api, capsys):

@@ -7,7 +7,7 @@ from mammo.components.config import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def deploy_op(model: Input[Model], decision: Input[Artifact], config: dict, serving_root: str,
+def deploy(model: Input[Model], decision: Input[Artifact], config: dict, serving_root: str,
               serving: Output[Artifact]):
     """Export a serving SavedModel (with its evaluation record and model card) and push it as a new
     integer version under serving_root; optionally wait for TF Serving, check one answer, prune."""

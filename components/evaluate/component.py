@@ -17,7 +17,7 @@ from mammo.components.config import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def evaluate_op(model: Input[Model], dataset: Input[Dataset], backbone: str, evaluation: Output[Artifact],
+def evaluate(model: Input[Model], dataset: Input[Dataset], backbone: str, evaluation: Output[Artifact],
                 metrics: Output[Metrics], classification: Output[ClassificationMetrics], report: Output[HTML],
                 config: dict = {}):
     """Validation and test metrics with intervals and calibration; KFP Metrics, ClassificationMetrics, HTML."""

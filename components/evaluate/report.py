@@ -6,7 +6,7 @@
   backbone's full evaluation (the gate step's ``HTML`` artifact).
 
 Both read the plain dicts that :mod:`mammo.components.evaluate.logic` and
-:mod:`mammo.components.gate.logic` write as JSON, so a report can be re-rendered from those files.
+:mod:`mammo.components.select_and_gate.logic` write as JSON, so a report can be re-rendered from those files.
 """
 
 from __future__ import annotations

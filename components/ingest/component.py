@@ -7,7 +7,7 @@ from mammo.components.config import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def ingest_op(data_uri: str, normals_uri: str, config: dict, cases: Output[Dataset], rejects: Output[Dataset]):
+def ingest(data_uri: str, normals_uri: str, config: dict, cases: Output[Dataset], rejects: Output[Dataset]):
     """CBIS-DDSM CSVs + image tree + normals (local or gs://) -> cases (Parquet dir) and rejects (Parquet)."""
     import shutil
 

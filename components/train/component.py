@@ -7,7 +7,7 @@ from mammo.components.config import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
-def train_op(dataset: Input[Dataset], backbone: str, config: dict, model: Output[Model],
+def train(dataset: Input[Dataset], backbone: str, config: dict, model: Output[Model],
              tensorboard: Output[Artifact]):
     """Three-stage fine-tuning of one backbone.
 

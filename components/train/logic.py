@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from mammo.components import storage
+from mammo.components.contracts import write_report
 from mammo.components.config import CLASS_NAMES, TrainConfig
 from mammo.components.train.backbones import (
     Backbone,
@@ -692,7 +693,7 @@ def train_backbone(dataset_dir: str | Path, backbone_name: str, out_dir: str | P
         checkpoint_dir=store.location, tensorboard_dir=str(tb_dir),
     )
     (out_dir / "history.json").write_text(json.dumps(state.history, indent=2))
-    (out_dir / "report.json").write_text(json.dumps({"step": "train", **asdict(result)}, indent=2))
+    write_report(out_dir, "train", asdict(result))
     log.info("%s trained in %.0fs: epochs %s, val loss %.4f acc %.4f auc %.4f, %.1f images/s", backbone_name,
              state.seconds, state.epochs_done, val_loss, val_acc, val_auc, result.images_per_second)
     return result

@@ -1,4 +1,4 @@
-"""KFP wrapper of patch extraction (logic: mammo.components.extract.logic)."""
+"""KFP wrapper of patch extraction (logic: mammo.components.extract_patches.logic)."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Output
@@ -7,7 +7,7 @@ from mammo.components.config import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def extract_op(cases: Input[Dataset], config: dict, shard_index: int, num_shards: int,
+def extract_patches(cases: Input[Dataset], config: dict, shard_index: int, num_shards: int,
                patches: Output[Dataset], preview: Output[HTML]):
     """One shard of patches: TFRecords + manifest.parquet + preview grids (PNG per class, and
     ``preview`` as an HTML artifact the KFP UI shows)."""
@@ -15,7 +15,7 @@ def extract_op(cases: Input[Dataset], config: dict, shard_index: int, num_shards
     from pathlib import Path
 
     from mammo.components.config import Config
-    from mammo.components.extract.logic import extract_patches
+    from mammo.components.extract_patches.logic import extract_patches
     from mammo.components.runtime import artifact_dir, setup_logging
 
     setup_logging()

@@ -1,4 +1,4 @@
-"""KFP wrapper of balancing and splitting (logic: mammo.components.balance.logic)."""
+"""KFP wrapper of balancing and splitting (logic: mammo.components.balance_split.logic)."""
 
 from typing import List
 
@@ -9,12 +9,12 @@ from mammo.components.config import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def balance_op(patches: Input[List[Dataset]], config: dict, dataset: Output[Dataset], counts: Output[Markdown]):
+def balance_split(patches: Input[List[Dataset]], config: dict, dataset: Output[Dataset], counts: Output[Markdown]):
     """Join patch shards, split by patient, balance; Table-1 counts as Markdown."""
     import shutil
     from pathlib import Path
 
-    from mammo.components.balance.logic import balance_split
+    from mammo.components.balance_split.logic import balance_split
     from mammo.components.config import Config
     from mammo.components.runtime import artifact_dir, setup_logging
 

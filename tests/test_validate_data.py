@@ -10,7 +10,7 @@ import pytest
 
 from mammo.components.config import IngestConfig
 from mammo.components.ingest.logic import CASE_COLUMNS, ingest
-from mammo.components.validate.logic import (
+from mammo.components.validate_data.logic import (
     DERIVED_COLUMNS,
     ValidationResult,
     ValidationRunError,

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mammo.components.splits import patient_split
+from mammo.components.contracts import write_report
 from mammo.components.config import CLASS_NAMES, BalanceConfig
 from mammo.components.tfrecords import iter_records, write_records
 
@@ -160,6 +161,6 @@ def balance_split(patch_dirs: list[str | Path], out_dir: str | Path, cfg: Balanc
             raise ValueError(f"split {split!r} is empty after balancing; not enough data")
     selected.drop(columns=["path"]).to_parquet(out_dir / "splits.parquet", index=False)
     (out_dir / "counts.md").write_text(counts_markdown(report))
-    (out_dir / "report.json").write_text(json.dumps({"step": "balance", **asdict(report)}, indent=2))
+    write_report(out_dir, "balance_split", asdict(report))
     log.info("balanced (%s): %s", cfg.mode, {s: sum(v.values()) for s, v in report.counts.items()})
     return report

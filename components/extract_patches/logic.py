@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mammo.components.contracts import write_report
 from mammo.components.config import CLASS_NAMES, PatchConfig
 from mammo.components.imaging import encode_png, read_image, resize_uint8, to_uint8
 from mammo.components.tfrecords import serialize_patch, write_records
@@ -464,7 +465,7 @@ def extract_patches(cases_path: str | Path, out_dir: str | Path, cfg: PatchConfi
     report.patch_sources = manifest["patch_source"].value_counts().to_dict()
     report.mask_status = manifest.loc[manifest["mask_status"] != "", "mask_status"].value_counts().to_dict()
     report.seconds = round(time.time() - start, 2)
-    (out_dir / "report.json").write_text(json.dumps({"step": "extract", **asdict(report)}, indent=2))
+    write_report(out_dir, "extract_patches", asdict(report))
     log.info("shard %d: %d patches %s from %d images in %.1fs (%d workers, peak %.0f MB per worker)",
              shard_index, len(patches), report.patches_per_class, report.images, report.seconds, workers,
              report.peak_worker_rss_mb)

@@ -6,7 +6,7 @@ import pytest
 
 from mammo.components.config import CLASS_NAMES, GateConfig, load_config
 from mammo.components.evaluate.report import render_gate_html
-from mammo.components.gate.logic import decide, model_metadata, select_best, write_calibration
+from mammo.components.select_and_gate.logic import decide, model_metadata, select_best, write_calibration
 
 
 def ev(name, val_auc, val_acc, test_auc, class_aucs=None, ci=None):
@@ -169,7 +169,7 @@ def test_gate_component_body_writes_decision_report_and_calibration(tmp_path):
     """The KFP component's Python body, called directly with real artifact objects (no KFP runtime)."""
     from kfp import dsl
 
-    from mammo.components.gate.component import select_and_gate_op
+    from mammo.components.select_and_gate.component import select_and_gate
 
     def artifact(cls, name):
         a = cls(name=name, uri=str(tmp_path / name))
@@ -188,7 +188,7 @@ def test_gate_component_body_writes_decision_report_and_calibration(tmp_path):
     outs = {k: artifact(cls, k) for k, cls in (("decision", dsl.Artifact), ("selected_model", dsl.Model),
                                                ("report", dsl.HTML), ("metrics", dsl.Metrics))}
     config = load_config("demo").to_dict()
-    promoted = select_and_gate_op.python_func(evaluations=evaluations, models=models, config=config,
+    promoted = select_and_gate.python_func(evaluations=evaluations, models=models, config=config,
                                               serving_root=str(tmp_path / "serving"), **outs)
     assert promoted is True
     record = json.loads((tmp_path / "decision" / "report.json").read_text())

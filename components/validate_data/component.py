@@ -1,4 +1,4 @@
-"""KFP wrapper of the data validation step (logic: mammo.components.validate.logic)."""
+"""KFP wrapper of the data validation step (logic: mammo.components.validate_data.logic)."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Output
@@ -7,7 +7,7 @@ from mammo.components.config import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def validate_op(cases: Input[Dataset], config: dict, report: Output[HTML], data_docs: Output[Artifact]):
+def validate_data(cases: Input[Dataset], config: dict, report: Output[HTML], data_docs: Output[Artifact]):
     """Great Expectations suite over cases; the report page is the HTML artifact (always written, also
     when the suite cannot run); fails on critical expectations with a summary of what failed."""
     import shutil
@@ -17,7 +17,7 @@ def validate_op(cases: Input[Dataset], config: dict, report: Output[HTML], data_
 
     from mammo.components.config import Config
     from mammo.components.runtime import artifact_dir, setup_logging
-    from mammo.components.validate.logic import ValidationRunError, validate_cases
+    from mammo.components.validate_data.logic import ValidationRunError, validate_cases
 
     setup_logging()
     df = pd.read_parquet(Path(cases.path) / "cases.parquet")

@@ -1,7 +1,7 @@
 """Patch extraction on full-size synthetic mammograms (5000 x 3000 px, 16 bit) with the paper's
 patch settings: lesions centred, normal patches without background, byte-identical re-runs, and
 ROI masks that are swapped, mis-sized, empty or at the image border (handled as documented in
-mammo.components.extract.logic). A handful of images keeps it to well under a minute."""
+mammo.components.extract_patches.logic). A handful of images keeps it to well under a minute."""
 
 import datetime as dt
 import shutil
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mammo.components.config import IngestConfig, PatchConfig
-from mammo.components.extract.logic import extract_patches, mask_bbox
+from mammo.components.extract_patches.logic import extract_patches, mask_bbox
 from mammo.components.imaging import decode_png, read_image
 from mammo.components.ingest.logic import ingest
 from mammo.components.synth.logic import DicomHeader, synthesize, write_dicom

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mammo.components.config import IngestConfig, PatchConfig
-from mammo.components.extract.logic import (
+from mammo.components.extract_patches.logic import (
     _rng_for, breast_mask, crop_padded, extract_patches, mask_bbox, normal_crops, roi_pixels, scale_bbox,
     size_within, square_around,
 )

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammo.components.balance.logic import (
+from mammo.components.balance_split.logic import (
     BalanceReport, LeakageError, assign_splits, balance, balance_split, check_no_leakage, counts_markdown,
 )
 from mammo.components.config import CLASS_NAMES, BalanceConfig, paper_config

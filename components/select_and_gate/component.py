@@ -1,4 +1,4 @@
-"""KFP wrapper of model selection and the promotion gate (logic: mammo.components.gate.logic)."""
+"""KFP wrapper of model selection and the promotion gate (logic: mammo.components.select_and_gate.logic)."""
 
 from typing import List
 
@@ -9,7 +9,7 @@ from mammo.components.config import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def select_and_gate_op(evaluations: Input[List[Artifact]], models: Input[List[Model]], config: dict,
+def select_and_gate(evaluations: Input[List[Artifact]], models: Input[List[Model]], config: dict,
                        serving_root: str, decision: Output[Artifact], selected_model: Output[Model],
                        report: Output[HTML], metrics: Output[Metrics]) -> bool:
     """Best backbone on validation; promote iff its test metrics clear the threshold, floors and champion.
@@ -28,7 +28,7 @@ def select_and_gate_op(evaluations: Input[List[Artifact]], models: Input[List[Mo
     from mammo.components.config import Config
     from mammo.components.deploy.logic import current_champion
     from mammo.components.evaluate.report import render_gate_html
-    from mammo.components.gate.logic import decide, model_metadata, write_calibration
+    from mammo.components.select_and_gate.logic import decide, model_metadata, write_calibration
     from mammo.components.runtime import artifact_dir, setup_logging
 
     setup_logging()
@@ -38,7 +38,7 @@ def select_and_gate_op(evaluations: Input[List[Artifact]], models: Input[List[Mo
     result = decide(evals, champion, cfg.gate)
     best = next(e for e in evals if e["backbone"] == result.selected_backbone)
     out = artifact_dir(decision.path)
-    record = {"step": "gate", **result.to_dict(), "model_metadata": model_metadata(result, best), "evaluations": evals}
+    record = {"step": "select_and_gate", **result.to_dict(), "model_metadata": model_metadata(result, best), "evaluations": evals}
     (out / "report.json").write_text(json.dumps(record, indent=2))
     page = render_gate_html(result.to_dict(), evals)
     (out / "report.html").write_text(page)
