@@ -57,6 +57,12 @@ MODEL_KERAS = "model.keras"
 HISTORY = "history.json"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_STATE = "state.json"
+TENSORBOARD = "tensorboard"
+# inside the checkpoint folder (besides CHECKPOINT_STATE)
+CHECKPOINT_LAST_WEIGHTS = "last.weights.h5"
+CHECKPOINT_BEST_WEIGHTS = "best.weights.h5"
+CHECKPOINT_OPTIMIZER = "optimizer.npz"
+CHECKPOINT_EARLY_STOPPING = "early_stopping.npz"
 # evaluate
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.parquet"
@@ -86,6 +92,11 @@ def split_records(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     return f"{split}.tfrecord"
+
+
+def split_shards_glob(split: str) -> str:
+    """The glob of a split written as several files (``<split>-*.tfrecord``) instead of one."""
+    return split_records(split).replace(".tfrecord", "-*.tfrecord")
 
 
 # -- schemas ---------------------------------------------------------------------------------------

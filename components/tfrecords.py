@@ -61,9 +61,14 @@ def iter_records(paths: Iterable[str | Path]) -> Iterator[bytes]:
             yield rec
 
 
-def parse_fn(image_size: int):
-    """A tf.data map function: serialized Example -> (float32 image [S,S,1] in 0..255, label int)."""
+def parse_fn(image_size: int, dtype=None):
+    """A tf.data map function: serialized Example -> (image [S,S,1] in 0..255, label int).
+
+    The image is float32 unless ``dtype`` says otherwise (training caches ``tf.uint8`` patches).
+    """
     import tensorflow as tf
+
+    dtype = dtype or tf.float32
 
     spec = {
         "image": tf.io.FixedLenFeature([], tf.string),
@@ -74,7 +79,7 @@ def parse_fn(image_size: int):
         ex = tf.io.parse_single_example(serialized, spec)
         img = tf.io.decode_png(ex["image"], channels=1)
         img = tf.ensure_shape(img, [image_size, image_size, 1])
-        return tf.cast(img, tf.float32), ex["label"]
+        return tf.cast(img, dtype), ex["label"]
 
     return parse
 
