@@ -20,7 +20,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -35,17 +35,59 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 
 
+# -- value rules -------------------------------------------------------------------------------
+# A field's annotation says which values it accepts: ``Literal[...]`` for a fixed set of words,
+# ``Annotated[<type>, Range(...)]`` for numeric bounds. :func:`check_values` (run whenever a Config
+# is built) enforces both, so a bad value fails at load, before any step runs.
+
+
+@dataclass(frozen=True)
+class Range:
+    """Inclusive numeric bounds (``None`` = unbounded); ``lo_open`` makes the lower bound exclusive."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+
+    def accepts(self, value: float) -> bool:
+        if value != value:  # NaN
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or value <= self.hi
+
+    def describe(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"<= {self.hi:g}"
+
+
+#: a share or probability
+Fraction = Annotated[float, Range(0.0, 1.0)]
+#: a count or size that must be at least 1
+PositiveInt = Annotated[int, Range(1)]
+#: a count or size where 0 means "none" / "default" / "no limit"
+NonNegativeInt = Annotated[int, Range(0)]
+NonNegativeFloat = Annotated[float, Range(0.0)]
+#: a learning rate, a duration factor: strictly above 0
+PositiveFloat = Annotated[float, Range(0.0, lo_open=True)]
+#: the three-way switches of training speed-ups
+Switch = Literal["auto", "on", "off"]
+
+
 @dataclass
 class IngestConfig:
     """How raw CBIS-DDSM / DDSM normals are read."""
 
     #: share of normal patients assigned to the test split (deterministic by patient id hash)
-    normal_test_fraction: float = 0.2
+    normal_test_fraction: Fraction = 0.2
     #: the ingest step fails if more than this share of the rows of any input is rejected
-    max_reject_fraction: float = 0.05
+    max_reject_fraction: Fraction = 0.05
     #: concurrent image-header reads on gs:// (each one small ranged request; the GCS client keeps
     #: 10 pooled connections, so more threads gain little)
-    io_workers: int = 10
+    io_workers: PositiveInt = 10
     #: rows that no folder name, metadata.csv or dicom_info.csv resolves are looked up by the
     #: Study/Series UIDs in the headers of the DICOM files no other row claimed
     resolve_by_header: bool = True
@@ -56,10 +98,22 @@ class ValidateConfig:
     """Data validation (great-expectations suite over ``cases``)."""
 
     #: every class needs at least this many cases (abnormalities / normal images)
-    min_per_class: int = 100
+    min_per_class: NonNegativeInt = 100
     #: bounds of a plausible image side in pixels (header check; CBIS-DDSM full images ~3000-5500)
-    min_image_side: int = 64
-    max_image_side: int = 12000
+    min_image_side: PositiveInt = 64
+    max_image_side: PositiveInt = 12000
+    #: an 8-bit patch is near-black when its 99th-percentile pixel is at most this (a 12-bit image
+    #: scaled as 16-bit, or an 8-bit file scaled as 12-bit, peaks near 16)
+    dark_patch_p99: Annotated[int, Range(0, 255)] = 32
+    #: an 8-bit patch is saturated when its 1st-percentile pixel is at least this
+    saturated_patch_p01: Annotated[int, Range(0, 255)] = 250
+    #: a class or source fails when more than this share of its patches is near-black or saturated
+    max_bad_patch_fraction: Fraction = 0.1
+
+    def __post_init__(self) -> None:
+        if self.min_image_side > self.max_image_side:
+            raise ValueError(f"config key 'validate.min_image_side' ({self.min_image_side}) must not exceed "
+                             f"validate.max_image_side ({self.max_image_side})")
 
 
 @dataclass
@@ -67,25 +121,25 @@ class PatchConfig:
     """Patch extraction (ROI-centred abnormal crops, tissue crops from normal CC views)."""
 
     #: side of the stored 8-bit patches in pixels (the paper: 331)
-    image_size: int = 331
+    image_size: PositiveInt = 331
     #: context around the lesion: the square crop side is max(bbox h, w) * (1 + context_margin)
-    context_margin: float = 1.0
+    context_margin: NonNegativeFloat = 1.0
     #: smallest crop side in source pixels (tiny calcification ROIs still get some context)
-    min_crop_size: int = 256
+    min_crop_size: PositiveInt = 256
     #: normal patches cut from each normal CC image
-    normal_patches_per_image: int = 2
+    normal_patches_per_image: NonNegativeInt = 2
     #: crop side of normal patches in source pixels (DDSM ROIs average ~450 px)
-    normal_crop_size: int = 600
+    normal_crop_size: PositiveInt = 600
     #: a normal patch is kept only if at least this share of it lies inside the breast mask
     #: (holes filled, so fat counts as breast); 1.0 = no background at all
-    min_tissue_fraction: float = 1.0
+    min_tissue_fraction: Fraction = 1.0
     #: a ROI mask whose rows and columns each differ from the full image's by at most this share
     #: is rescaled to the image (and recorded as such); beyond it the cropped image is the fallback
-    mask_rescale_tolerance: float = 0.02
+    mask_rescale_tolerance: Fraction = 0.02
     #: records per TFRecord file: 1000 PNG patches of 331 px are at most ~110 MB (the raw 8-bit
     #: size; smooth synthetic patches ~33 MB), i.e. files of tens of MB to ~100 MB that stream well
     #: from GCS, and a few files per extraction shard
-    records_per_shard: int = 1000
+    records_per_shard: PositiveInt = 1000
 
 
 @dataclass
@@ -93,9 +147,9 @@ class BalanceConfig:
     """Class balancing and the train / validation / test split."""
 
     #: undersample (the paper) | oversample | class_weights | none
-    mode: str = "undersample"
+    mode: Literal["undersample", "oversample", "class_weights", "none"] = "undersample"
     #: share of the CBIS-DDSM training patients used for validation (grouped by patient)
-    validation_fraction: float = 0.2
+    validation_fraction: Fraction = 0.2
 
 
 @dataclass
@@ -111,45 +165,45 @@ class TrainConfig:
     #: where ImageNet downloads (``<dir>/models/``) and gs:// weights files are cached ("" = ~/.keras)
     weights_cache_dir: str = ""
     #: "backbone" (each backbone's own preprocessing) or "rescale" (x / 255, the paper's notebooks)
-    preprocessing: str = "backbone"
+    preprocessing: Literal["backbone", "rescale"] = "backbone"
     #: model input side; 0 = the backbone's paper default (224 or 331)
-    input_size: int = 0
+    input_size: NonNegativeInt = 0
     #: batch size per accelerator; 0 = the backbone's paper default (8, 6 or 2). With several GPUs
     #: the global batch is this times the replica count
-    batch_size: int = 0
-    stage1_epochs: int = 3
-    stage1_lr: float = 1e-3
-    stage2_epochs: int = 10
-    stage2_lr: float = 1e-4
+    batch_size: NonNegativeInt = 0
+    stage1_epochs: NonNegativeInt = 3
+    stage1_lr: PositiveFloat = 1e-3
+    stage2_epochs: NonNegativeInt = 10
+    stage2_lr: PositiveFloat = 1e-4
     #: share of backbone layers unfrozen in stage 2 when the backbone has no paper-specific count
-    stage2_unfreeze_fraction: float = 0.33
-    stage3_max_epochs: int = 150
-    stage3_lr: float = 1e-5
-    min_lr: float = 1e-8
-    early_stopping_patience: int = 10
-    plateau_patience: int = 10
-    stage3_plateau_patience: int = 5
-    min_delta: float = 1e-4
+    stage2_unfreeze_fraction: Fraction = 0.33
+    stage3_max_epochs: NonNegativeInt = 150
+    stage3_lr: PositiveFloat = 1e-5
+    min_lr: NonNegativeFloat = 1e-8
+    early_stopping_patience: NonNegativeInt = 10
+    plateau_patience: NonNegativeInt = 10
+    stage3_plateau_patience: NonNegativeInt = 5
+    min_delta: NonNegativeFloat = 1e-4
     #: head: GAP -> Dense(head_units) -> Dropout -> Dense(head_units2 or backbone default) -> softmax
-    head_units: int = 512
-    head_units2: int = 0
-    dropout: float = 0.5
+    head_units: PositiveInt = 512
+    head_units2: NonNegativeInt = 0
+    dropout: Fraction = 0.5
     # augmentation (no brightness change: intensity is diagnostic)
-    shift: float = 0.2
-    zoom: float = 0.2
-    shear: float = 0.2
-    rotation_degrees: float = 90.0
+    shift: NonNegativeFloat = 0.2
+    zoom: NonNegativeFloat = 0.2
+    shear: NonNegativeFloat = 0.2
+    rotation_degrees: NonNegativeFloat = 90.0
     flips: bool = True
-    fill_mode: str = "wrap"
+    fill_mode: Literal["reflect", "wrap", "constant", "nearest"] = "wrap"
     #: limit batches per epoch (0 = whole dataset); for tests and smoke runs
-    steps_per_epoch: int = 0
+    steps_per_epoch: NonNegativeInt = 0
     #: mixed_float16 (softmax in float32) and XLA: "auto" (on when a GPU is present), "on", "off"
-    mixed_precision: str = "auto"
-    jit_compile: str = "auto"
+    mixed_precision: Switch = "auto"
+    jit_compile: Switch = "auto"
     #: several GPUs in the pod: data-parallel training with tf.distribute.MirroredStrategy
     multi_gpu: bool = True
     #: shuffle buffer of the training set (examples); deterministic with the config's seed
-    shuffle_buffer: int = 4096
+    shuffle_buffer: NonNegativeInt = 4096
     #: per-epoch checkpoints for resuming after a pod restart: "" = ``<model output>/checkpoints``,
     #: else a durable folder or gs:// prefix (a per-task subfolder is added by the KFP component)
     checkpoint_dir: str = ""
@@ -158,7 +212,7 @@ class TrainConfig:
     #: batch-norm momentum override for the backbone (0 = keep the backbone's own, e.g. 0.99 or
     #: 0.999). Training from scratch on little data needs a lower value (the demo uses 0.9) or the
     #: moving statistics lag far behind the weights and validation predictions collapse to one class.
-    bn_momentum: float = 0.0
+    bn_momentum: Fraction = 0.0
 
 
 @dataclass
@@ -166,10 +220,10 @@ class GateConfig:
     """Model selection and the promotion gate."""
 
     #: metric compared against the threshold and the champion (test set)
-    metric: str = "macro_auc"
-    auc_threshold: float = 0.90
+    metric: Literal["macro_auc", "macro_f1", "accuracy"] = "macro_auc"
+    auc_threshold: Fraction = 0.90
     #: the challenger may be at most this much worse than the served champion
-    max_auc_drop: float = 0.01
+    max_auc_drop: Fraction = 0.01
     #: optional per-class test AUC floors, entries "class:floor" (e.g. "calc_malignant:0.85");
     #: "all:0.8" sets a floor for every class (a named class overrides it)
     class_auc_floors: list[str] = field(default_factory=list)
@@ -205,13 +259,13 @@ class EvaluateConfig:
     """Test-set evaluation: uncertainty, calibration and operating points (the gate reads the results)."""
 
     #: patient-level bootstrap resamples for the confidence intervals (0 = no intervals)
-    bootstrap_resamples: int = 1000
+    bootstrap_resamples: NonNegativeInt = 1000
     #: confidence level of the bootstrap intervals
-    ci_level: float = 0.95
+    ci_level: Fraction = 0.95
     #: each class's sensitivity is reported at these specificities
-    specificities: list[float] = field(default_factory=lambda: [0.90, 0.95])
+    specificities: list[Fraction] = field(default_factory=lambda: [0.90, 0.95])
     #: equal-width confidence bins of the expected calibration error and the reliability plot
-    calibration_bins: int = 15
+    calibration_bins: PositiveInt = 15
     #: fit a softmax temperature on validation and store it with the selected model; the gate's
     #: metrics stay those of the raw model outputs (what deploy serves unless it applies the temperature)
     temperature_scaling: bool = True
@@ -224,11 +278,11 @@ class DeployConfig:
     model_name: str = "mammo"
     #: TF Serving REST base URL to poll until the new version is AVAILABLE ("" = do not wait)
     wait_for_rest_url: str = ""
-    wait_timeout_s: int = 300
+    wait_timeout_s: NonNegativeInt = 300
     #: once AVAILABLE, send one prediction and compare it with the local SavedModel's answer
     check_prediction: bool = True
     #: complete versions kept in the model repository after a successful deploy (0 = keep all)
-    keep_versions: int = 5
+    keep_versions: NonNegativeInt = 5
 
 
 @dataclass
@@ -252,7 +306,7 @@ class ClusterConfig:
     gate_cpu: str = "2"  # select_and_gate, deploy (exports the SavedModel)
     gate_memory: str = "8Gi"
     #: GPUs per training task (0 = train on CPU, e.g. a kind cluster without GPUs)
-    train_gpus: int = 1
+    train_gpus: NonNegativeInt = 1
     accelerator: str = "nvidia.com/gpu"
     #: GPU type: training pods get the node selector gpu_node_label=gpu_type ("" = any GPU node);
     #: e.g. cloud.google.com/gke-accelerator=nvidia-l4 or nvidia.com/gpu.product=NVIDIA-A100-SXM4-40GB
@@ -261,17 +315,17 @@ class ClusterConfig:
     #: taint key that training pods tolerate (effect NoSchedule; GPU node pools are usually tainted)
     gpu_toleration: str = "nvidia.com/gpu"
     #: retries of the transient steps (ingest .. balance, evaluate, select_and_gate), exponential backoff
-    retries: int = 3
+    retries: NonNegativeInt = 3
     retry_backoff: str = "30s"
-    retry_backoff_factor: float = 2.0
+    retry_backoff_factor: PositiveFloat = 2.0
     retry_backoff_max: str = "600s"
     #: retries of a training task (e.g. on preemptible GPU nodes); deploy is never retried
-    train_retries: int = 0
+    train_retries: NonNegativeInt = 0
     #: training pods are killed after this long (activeDeadlineSeconds; 0 = no limit)
-    train_timeout_s: int = 86400
+    train_timeout_s: NonNegativeInt = 86400
     #: concurrent patch-extraction shards / training tasks (0 = unlimited)
-    extract_parallelism: int = 16
-    train_parallelism: int = 5
+    extract_parallelism: NonNegativeInt = 16
+    train_parallelism: NonNegativeInt = 5
     #: where KFP stores artifacts (gs://bucket/prefix, s3://..., minio://...; "" = the cluster's default)
     pipeline_root: str = ""
     #: Kubernetes service account of the run's pods ("" = the cluster's default, pipeline-runner)
@@ -300,6 +354,9 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def __post_init__(self) -> None:
+        check_values(self)
 
     # -- conversions ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -348,8 +405,40 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def check_values(section: Any, prefix: str = "") -> None:
+    """Raise ValueError, naming the key and what it accepts, for a value outside its field's rule."""
+    hints = typing.get_type_hints(type(section), include_extras=True)
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            check_values(value, prefix + f.name + ".")
+        else:
+            _check_value(value, hints[f.name], prefix + f.name)
+
+
+def _check_value(value: Any, tp: Any, key: str) -> None:
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *rules = typing.get_args(tp)
+        _check_value(value, base, key)
+        for rule in rules:
+            if isinstance(rule, Range) and isinstance(value, (int, float)) and not rule.accepts(value):
+                raise ValueError(f"config key {key!r} must be {rule.describe()}, got {value!r}")
+    elif origin is list:
+        (item_tp,) = typing.get_args(tp)
+        for item in value:
+            _check_value(item, item_tp, key)
+    elif origin is Literal and value not in typing.get_args(tp):
+        allowed = ", ".join(map(str, typing.get_args(tp)))
+        raise ValueError(f"config key {key!r} must be one of: {allowed}; got {value!r}")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is Literal:  # the allowed words are checked by check_values
+        if isinstance(value, bool) and "on" in typing.get_args(tp):
+            return "on" if value else "off"  # YAML 1.1 reads on/off as booleans
+        return str(value) if all(isinstance(a, str) for a in typing.get_args(tp)) else value
     try:
         if origin is list:
             (item_tp,) = typing.get_args(tp)
