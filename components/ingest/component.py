@@ -7,8 +7,11 @@ from mammo.components.config import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def ingest(data_uri: str, normals_uri: str, config: dict, cases: Output[Dataset], rejects: Output[Dataset]):
-    """CBIS-DDSM CSVs + image tree + normals (local or gs://) -> cases (Parquet dir) and rejects (Parquet)."""
+def ingest(data_uri: str, normals_uri: str, config: dict, cases: Output[Dataset], rejects: Output[Dataset],
+           data_fingerprint: str = ""):
+    """CBIS-DDSM CSVs + image tree + normals (local or gs://) -> cases (Parquet dir) and rejects (Parquet).
+
+    ``data_fingerprint`` is not read: it keys KFP's cache to the data (components/ingest/fingerprint.py)."""
     import shutil
 
     from mammo.components.config import Config
