@@ -290,19 +290,28 @@ class ClusterConfig:
     """How the compiled pipeline runs on Kubernetes (read by ``mammo compile / submit / schedule``).
 
     KFP fixes task resources, scheduling, retries and loop parallelism when the pipeline is
-    compiled, so these settings are taken from the profile at compile time; changing them in a
-    run's ``config`` parameter has no effect. ``pipeline_root`` and ``service_account`` are set
-    on each submitted run. Credentials never live here: name a Kubernetes secret, or use
-    workload identity through ``service_account``.
+    compiled, so these settings are taken from the profile at compile time (``mammo compile``,
+    and ``mammo submit / schedule``, which compile with the same ``--set`` overrides: GPU type and
+    count are chosen there). They are not part of the run's ``config`` parameter (see
+    :func:`run_config_dict`). ``pipeline_root`` and ``service_account`` are set on each submitted
+    run. Credentials never live here: name a Kubernetes secret, or use workload identity through
+    ``service_account``.
+
+    Requests leave headroom below the node they are meant for (:func:`node_fit`): a node's
+    allocatable CPU and memory are below its capacity (kubelet and system reservations, eviction
+    threshold) and daemonsets take their share, so a pod requests at most ``0.85 * vCPU - 0.5``
+    cores and ``0.8 * GiB - 1`` GiB of the node. The defaults fit 8 vCPU / 32 GiB nodes (data,
+    training, evaluation; e.g. g2-standard-8 with one L4, n2-standard-8) and 4 vCPU / 16 GiB
+    nodes (gate, deploy).
     """
 
     #: CPU / memory requests (Kubernetes quantities) per step group; memory limit = request
-    data_cpu: str = "4"  # ingest, validate_data, extract_patches, balance_split
-    data_memory: str = "16Gi"
-    train_cpu: str = "8"
-    train_memory: str = "32Gi"
-    eval_cpu: str = "4"
-    eval_memory: str = "16Gi"
+    data_cpu: str = "6"  # ingest, validate_data, extract_patches, balance_split
+    data_memory: str = "24Gi"
+    train_cpu: str = "6"
+    train_memory: str = "24Gi"
+    eval_cpu: str = "6"
+    eval_memory: str = "24Gi"
     gate_cpu: str = "2"  # select_and_gate, deploy (exports the SavedModel)
     gate_memory: str = "8Gi"
     #: GPUs per training task (0 = train on CPU, e.g. a kind cluster without GPUs)
@@ -314,7 +323,10 @@ class ClusterConfig:
     gpu_type: str = ""
     #: taint key that training pods tolerate (effect NoSchedule; GPU node pools are usually tainted)
     gpu_toleration: str = "nvidia.com/gpu"
-    #: retries of the transient steps (ingest .. balance, evaluate, select_and_gate), exponential backoff
+    #: KFP retries of extract_patches, balance_split, evaluate and select_and_gate (exponential
+    #: backoff). ingest and validate_data are not retried by KFP: their failures are deterministic
+    #: (reject fraction, critical expectations; exit code ``runtime.EXIT_DATA_REJECTED``) and their
+    #: transient storage errors are retried in-process (components/storage.py)
     retries: NonNegativeInt = 3
     retry_backoff: str = "30s"
     retry_backoff_factor: PositiveFloat = 2.0
@@ -515,11 +527,96 @@ def demo_config() -> Config:
             "train.bn_momentum": 0.9,
             "validate.min_per_class": 5,
             "gate.auc_threshold": 0.75,
+            # a laptop-sized Kubernetes node (kind, minikube) without GPUs: the compiled demo
+            # pipeline requests no accelerator and fits a 4 vCPU / 8 GiB node
+            "cluster.train_gpus": 0,
+            "cluster.data_cpu": "1",
+            "cluster.data_memory": "2Gi",
+            "cluster.train_cpu": "2",
+            "cluster.train_memory": "4Gi",
+            "cluster.eval_cpu": "1",
+            "cluster.eval_memory": "3Gi",
+            "cluster.gate_cpu": "500m",
+            "cluster.gate_memory": "3Gi",
+            "cluster.extract_parallelism": 2,
+            "cluster.train_parallelism": 1,
         }
     )
 
 
 PROFILES = {"paper": paper_config, "demo": demo_config}
+
+
+# -- the run form: flat pipeline parameters over the run's config ---------------------------------
+
+#: The settings users change per run, shown as their own typed pipeline parameters in the KFP UI
+#: (name -> config key). Each is set ONLY through its parameter: the run's ``config`` parameter
+#: holds neither these keys nor the compile-time ``cluster`` section (:func:`run_config_dict`),
+#: and :func:`apply_run_parameters` rejects a config that sets one of them.
+RUN_PARAMETERS: dict[str, str] = {
+    "backbones": "train.backbones",
+    "auc_threshold": "gate.auc_threshold",
+    "max_auc_drop": "gate.max_auc_drop",
+    "balance_mode": "balance.mode",
+    "image_size": "patches.image_size",
+    "weights": "train.weights",
+}
+
+
+def _get_path(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def run_parameter_values(cfg: Config) -> dict[str, Any]:
+    """The flat run parameters' values in ``cfg`` (``{"auc_threshold": 0.9, ...}``)."""
+    data = cfg.to_dict()
+    return {name: _get_path(data, key) for name, key in RUN_PARAMETERS.items()}
+
+
+def run_config_dict(cfg: Config) -> dict[str, Any]:
+    """``cfg`` as the pipeline's ``config`` parameter: without ``cluster`` (compile-time) and
+    without the keys of :data:`RUN_PARAMETERS` (their own parameters)."""
+    data = cfg.to_dict()
+    data.pop("cluster")
+    for key in RUN_PARAMETERS.values():
+        section, leaf = key.split(".")
+        data[section].pop(leaf)
+    return data
+
+
+def apply_run_parameters(config: dict[str, Any], params: dict[str, Any]) -> Config:
+    """The run's whole :class:`Config`: ``config`` (partial) with the flat ``params`` applied.
+
+    A ``config`` that sets a flat parameter's key or any ``cluster`` key is an error naming the
+    parameter to use instead, so each setting has one place.
+    """
+    data = json.loads(json.dumps(config))  # a deep copy of plain JSON
+    if data.get("cluster"):
+        raise ValueError(f"config sets cluster.{sorted(data['cluster'])[0]}: cluster settings are compile-time "
+                         "(mammo compile / submit --set cluster.KEY=VALUE), not run parameters")
+    data.pop("cluster", None)
+    for name, key in RUN_PARAMETERS.items():
+        section, leaf = key.split(".")
+        if leaf in (data.get(section) or {}):
+            raise ValueError(f"config sets {key}: use the pipeline parameter {name!r} instead")
+    unknown = sorted(set(params) - set(RUN_PARAMETERS))
+    if unknown:
+        raise ValueError(f"unknown run parameter(s) {unknown}; known: {sorted(RUN_PARAMETERS)}")
+    cfg = Config.from_dict(data)
+    return cfg.with_overrides({RUN_PARAMETERS[name]: value for name, value in params.items()})
+
+
+def node_fit(vcpu: float, memory_gib: float) -> tuple[float, float]:
+    """(cores, GiB) a single pod may request on a node of ``vcpu`` / ``memory_gib`` capacity.
+
+    Allocatable is capacity minus the kubelet's and the system's reservations and the eviction
+    threshold (GKE: ~0.1-0.2 cores and ~3.5 GiB on 8 vCPU / 32 GiB; EKS and AKS similar), and
+    daemonsets (logging, metrics, the GPU device plugin) take ~0.3 cores and ~0.5 GiB more:
+    ``0.85 * vCPU - 0.5`` cores and ``0.8 * GiB - 1`` GiB stay below both on 4-96 vCPU nodes.
+    """
+    return 0.85 * vcpu - 0.5, 0.8 * memory_gib - 1.0
 
 
 def load_config(profile: str = "paper", path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
