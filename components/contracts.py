@@ -107,12 +107,14 @@ CASE_COLUMNS: list[str] = [
     "side", "view", "abnormality_id", "breast_density", "assessment", "subtlety", "mass_shape",
     "mass_margins", "calc_type", "calc_distribution", "image_uri", "roi_mask_uri", "cropped_uri",
     "image_rows", "image_cols", "mask_rows", "mask_cols", "bits_stored", "photometric", "modality",
-    "image_format", "pixel_spacing_mm", "source", "scanner", "source_file", "source_row",
+    "image_format", "pixel_spacing_mm", "pixel_spacing_source", "source", "scanner", "source_file", "source_row",
 ]
 #: ``cases`` columns that may be missing per row (nullable integers in Parquet)
 NULLABLE_INT_COLUMNS: list[str] = ["breast_density", "assessment", "subtlety", "mask_rows", "mask_cols"]
 #: one row per input row (or file) that did not become a case; ``source_row`` is the 1-based data row
 REJECT_COLUMNS: list[str] = ["source_file", "source_row", "case_id", "reason", "message"]
+#: one row per file of the normals folder that is neither a case nor a reject (a .ics, a .dcm.bak, ...)
+SKIPPED_COLUMNS: list[str] = ["source", "path", "reason", "message"]
 #: one row per patch written by extract_patches
 MANIFEST_COLUMNS: list[str] = [
     "patch_id", "case_id", "patient_id", "label", "label_index", "split", "subset", "source", "scanner",

@@ -15,9 +15,16 @@ and cluster runs take the same code path:
   itself when local, else the object streamed in chunks to a temporary file that is removed
   afterwards.
 
+Local listings yield regular files whose real path lies inside the root; a symbolic link that
+leaves the root (``path_outside_root``), a FIFO, device or socket (``not_a_regular_file``) and a
+dangling link are listed with ``Entry.problem`` set by :func:`scan_files` and never opened (and
+:func:`open_read` refuses a non-regular file without blocking on it).
+
 Transient GCS errors (429, 5xx, dropped connections, timeouts) are retried with exponential
-backoff by ``google.api_core.retry.Retry`` (:data:`RETRY`); other errors (404, 403) surface at
-once. With ``STORAGE_EMULATOR_HOST`` set, the client talks to that emulator anonymously (tests).
+backoff by ``google.api_core.retry.Retry``: reads and listings within :data:`READ_DEADLINE_S`
+(:data:`READ_RETRY`, so an unreachable bucket fails in seconds, with one line), writes within
+two minutes (:data:`RETRY`); other errors (404, 403) surface at once. With
+``STORAGE_EMULATOR_HOST`` set, the client talks to that emulator anonymously (tests).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import io
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -71,12 +79,26 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _transient_types())
 
 
-#: retry policy of every GCS call made here (exponential backoff, 2 minutes in all)
+#: retry policy of GCS writes (exponential backoff, 2 minutes in all)
 RETRY = api_retry.Retry(predicate=is_transient, initial=0.1, maximum=10.0, multiplier=2.0, timeout=120.0)
+#: seconds within which a GCS read or listing (retries included) succeeds or fails with one line
+READ_DEADLINE_S = 20.0
+#: retry policy of GCS reads and listings
+READ_RETRY = RETRY.with_timeout(READ_DEADLINE_S)
+#: (connect, read) timeout of one GCS request in seconds
+REQUEST_TIMEOUT = (5.0, 30.0)
+
+# problems of listed files (Entry.problem), also the reject reasons ingest uses
+PATH_OUTSIDE_ROOT = "path_outside_root"
+NOT_A_REGULAR_FILE = "not_a_regular_file"
 
 
 class StorageError(RuntimeError):
     """A file or object could not be read or written (the message names the URI)."""
+
+
+class NotRegularFile(StorageError):
+    """A local path is a FIFO, device, socket or directory: refused without reading from it."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +110,10 @@ class Entry:
     #: POSIX path relative to the listed root
     rel: str
     size: int
+    #: why the file must not be read ("" for a readable regular file): PATH_OUTSIDE_ROOT, NOT_A_REGULAR_FILE
+    problem: str = ""
+    #: what the problem is, in words
+    detail: str = ""
 
     @property
     def name(self) -> str:
@@ -175,17 +201,64 @@ def _blob(uri: str) -> Blob:
 def _gcs_error(uri: str, exc: Exception) -> StorageError:
     if isinstance(exc, api_exceptions.NotFound):
         return StorageError(f"{uri}: no such object")
-    return StorageError(f"{uri}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, api_exceptions.RetryError) or is_transient(exc):
+        cause = getattr(exc, "cause", None) or exc
+        return StorageError(f"{uri}: Google Cloud Storage not reachable within {READ_DEADLINE_S:.0f} s "
+                            f"({type(cause).__name__})")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return StorageError(f"{uri}: {type(exc).__name__}: {first[:300]}")
+
+
+#: what a GCS call may raise that becomes one StorageError line
+_GCS_ERRORS = (api_exceptions.GoogleAPIError, ConnectionError, TimeoutError, OSError)
 
 
 # -- listing -------------------------------------------------------------------------------------
 
 
 def list_files(root: str | os.PathLike) -> list[Entry]:
-    """Every file under ``root`` (recursively), sorted by relative path; [] if there is none.
+    """Every readable regular file under ``root`` (recursively), sorted by relative path; [] if none.
 
-    One pass: ``os.walk`` locally, one paginated ``list_blobs(prefix=...)`` on GCS. GCS "folder"
-    placeholder objects (names ending in '/') are skipped.
+    What :func:`scan_files` lists without a problem: links leaving the root, FIFOs, devices and
+    sockets are left out.
+    """
+    return [e for e in scan_files(root) if not e.problem]
+
+
+def _inside(path: str, root_real: str) -> bool:
+    return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def _local_entry(base: Path, root_real: str, p: Path) -> Entry:
+    """One listed local path: a regular file inside the root, or an Entry saying why it is not one."""
+    rel = p.relative_to(base).as_posix()
+    try:
+        st = os.lstat(p)
+    except OSError as exc:
+        return Entry(str(p), rel, 0, NOT_A_REGULAR_FILE, f"cannot stat ({type(exc).__name__})")
+    if stat.S_ISLNK(st.st_mode):
+        real = os.path.realpath(p)
+        if not _inside(real, root_real):
+            return Entry(str(p), rel, 0, PATH_OUTSIDE_ROOT, "symbolic link to a path outside the data root")
+        try:
+            st = os.stat(p)
+        except OSError:
+            return Entry(str(p), rel, 0, NOT_A_REGULAR_FILE, "dangling symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+                else "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "directory" if stat.S_ISDIR(st.st_mode) else "special file")
+        return Entry(str(p), rel, 0, NOT_A_REGULAR_FILE, f"a {kind}, not a regular file")
+    return Entry(str(p), rel, int(st.st_size))
+
+
+def scan_files(root: str | os.PathLike) -> list[Entry]:
+    """Every file under ``root`` (recursively), sorted by relative path, with problems marked.
+
+    One pass: ``os.walk`` locally (nothing is opened: each name is checked with ``lstat``; links
+    are followed only to files inside the root, linked folders are not entered), one paginated
+    ``list_blobs(prefix=...)`` on GCS (objects are always regular; "folder" placeholders ending in
+    '/' are skipped). [] if the root does not exist.
     """
     root = normalize_root(root)
     entries: list[Entry] = []
@@ -193,24 +266,28 @@ def list_files(root: str | os.PathLike) -> list[Entry]:
         bucket, prefix = split_gcs(root)
         prefix = prefix + "/" if prefix else ""
         try:
-            for blob in client().list_blobs(bucket, prefix=prefix, retry=RETRY):
+            for blob in client().list_blobs(bucket, prefix=prefix, retry=READ_RETRY, timeout=REQUEST_TIMEOUT):
                 if blob.name.endswith("/"):
                     continue
                 rel = blob.name[len(prefix):]
                 entries.append(Entry(f"{GCS_SCHEME}{bucket}/{blob.name}", rel, int(blob.size or 0)))
-        except api_exceptions.GoogleAPICallError as exc:
-            raise _gcs_error(root, exc) from exc
+        except _GCS_ERRORS as exc:
+            raise _gcs_error(root, exc) from None
     else:
         base = Path(root)
+        root_real = os.path.realpath(base)
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames.sort()
+            for d in [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                dirnames.remove(d)  # a linked folder is not entered: listed as one refused entry
+                p = Path(dirpath, d)
+                inside = _inside(os.path.realpath(p), root_real)
+                entries.append(Entry(str(p), p.relative_to(base).as_posix(), 0,
+                                     NOT_A_REGULAR_FILE if inside else PATH_OUTSIDE_ROOT,
+                                     "symbolic link to a folder (not followed)" if inside
+                                     else "symbolic link to a folder outside the data root"))
             for f in filenames:
-                p = Path(dirpath, f)
-                try:
-                    size = p.stat().st_size
-                except OSError:  # a dangling link: listed, and reading it will say why
-                    size = 0
-                entries.append(Entry(str(p), p.relative_to(base).as_posix(), size))
+                entries.append(_local_entry(base, root_real, Path(dirpath, f)))
     entries.sort(key=lambda e: e.rel)
     log.debug("listed %d files under %s", len(entries), root)
     return entries
@@ -223,10 +300,11 @@ def is_dir(uri: str | os.PathLike) -> bool:
         return Path(uri).is_dir()
     bucket, prefix = split_gcs(uri)
     try:
-        blobs = client().list_blobs(bucket, prefix=(prefix + "/") if prefix else "", max_results=1, retry=RETRY)
+        blobs = client().list_blobs(bucket, prefix=(prefix + "/") if prefix else "", max_results=1,
+                                    retry=READ_RETRY, timeout=REQUEST_TIMEOUT)
         return any(True for _ in blobs)
-    except api_exceptions.GoogleAPICallError as exc:
-        raise _gcs_error(uri, exc) from exc
+    except _GCS_ERRORS as exc:
+        raise _gcs_error(uri, exc) from None
 
 
 def exists(uri: str | os.PathLike) -> bool:
@@ -235,34 +313,50 @@ def exists(uri: str | os.PathLike) -> bool:
     if not is_gcs(uri):
         return Path(uri).is_file()
     try:
-        return bool(_blob(uri).exists(retry=RETRY))
-    except api_exceptions.GoogleAPICallError as exc:
-        raise _gcs_error(uri, exc) from exc
+        return bool(_blob(uri).exists(retry=READ_RETRY, timeout=REQUEST_TIMEOUT))
+    except _GCS_ERRORS as exc:
+        raise _gcs_error(uri, exc) from None
 
 
 # -- reading -------------------------------------------------------------------------------------
+
+
+def _open_local(path: str) -> IO[bytes]:
+    """A local file opened for reading, refused (without blocking) unless it is a regular file."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"{path}: not a regular file (a FIFO, device, socket or folder); not read")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_bytes(uri: str | os.PathLike, start: int = 0, end: int | None = None) -> bytes:
     """The bytes ``[start, end)`` of a file (the whole file by default)."""
     uri = str(uri)
     if not is_gcs(uri):
-        with open(uri, "rb") as fh:
+        with _open_local(uri) as fh:
             fh.seek(start)
             return fh.read() if end is None else fh.read(max(0, end - start))
     if end is not None and end <= start:
         return b""
     try:
         if start == 0 and end is None:
-            return _blob(uri).download_as_bytes(retry=RETRY)
+            return _blob(uri).download_as_bytes(retry=READ_RETRY, timeout=REQUEST_TIMEOUT)
         # a partial download cannot be checksummed; download_as_bytes' `end` is inclusive
         return _blob(uri).download_as_bytes(
-            start=start, end=None if end is None else end - 1, checksum=None, retry=RETRY
+            start=start, end=None if end is None else end - 1, checksum=None, retry=READ_RETRY,
+            timeout=REQUEST_TIMEOUT,
         )
     except api_exceptions.RequestRangeNotSatisfiable:
         return b""
-    except api_exceptions.GoogleAPICallError as exc:
-        raise _gcs_error(uri, exc) from exc
+    except _GCS_ERRORS as exc:
+        raise _gcs_error(uri, exc) from None
 
 
 def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
@@ -299,9 +393,9 @@ class GcsRangeReader(io.RawIOBase):
     def _object_size(self) -> int:
         if self._size is None:
             try:
-                self._blob.reload(retry=RETRY)
-            except api_exceptions.GoogleAPICallError as exc:
-                raise _gcs_error(self.uri, exc) from exc
+                self._blob.reload(retry=READ_RETRY, timeout=REQUEST_TIMEOUT)
+            except _GCS_ERRORS as exc:
+                raise _gcs_error(self.uri, exc) from None
             self._size = int(self._blob.size or 0)
         return self._size
 
@@ -339,7 +433,7 @@ def open_read(uri: str | os.PathLike, size: int | None = None, block: int = READ
     """A seekable binary file object for reading; lazily fetched in ``block``-sized ranges on GCS."""
     uri = str(uri)
     if not is_gcs(uri):
-        with open(uri, "rb") as fh:
+        with _open_local(uri) as fh:
             yield fh
         return
     raw = GcsRangeReader(uri, size=size)
@@ -415,6 +509,8 @@ def upload_tree(local_dir: str | os.PathLike, uri: str) -> int:
 __all__ = [
     "Entry",
     "GcsRangeReader",
+    "NotRegularFile",
+    "READ_RETRY",
     "RETRY",
     "StorageError",
     "client",
@@ -429,6 +525,7 @@ __all__ = [
     "open_read",
     "read_bytes",
     "read_text",
+    "scan_files",
     "split_gcs",
     "upload_tree",
     "write_bytes",

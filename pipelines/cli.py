@@ -137,11 +137,9 @@ def cmd_predict(args) -> None:
 
 
 def cmd_ingest(args) -> None:
-    from mammo.components.ingest.logic import ingest
+    from mammo.components.ingest.logic import run
 
-    cfg = _config(args)
-    _print_json(ingest(args.data, args.normals, args.out, cfg.ingest, seed=cfg.seed,
-                       validation_fraction=cfg.balance.validation_fraction).to_dict())
+    _print_json(run(args.data, args.normals, args.out, _config(args)).to_dict())
 
 
 def cmd_validate(args) -> None:

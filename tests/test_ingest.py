@@ -18,16 +18,10 @@ from PIL import Image
 from mammo.components import storage
 from mammo.components.config import IngestConfig
 from mammo.components.imaging import to_uint8
-from mammo.components.ingest.logic import (
-    CASE_COLUMNS,
-    CSV_FILES,
-    HEADER_BLOCK,
-    IngestError,
-    assign_subsets,
-    ingest,
-    parse_ics,
-    read_case_csv,
-)
+from mammo.components.contracts import CASE_COLUMNS
+from mammo.components.headers import HEADER_BLOCK
+from mammo.components.ingest.logic import CSV_FILES, IngestError, assign_subsets, ingest, read_case_csv
+from mammo.components.ingest.normals import parse_ics
 from mammo.components.synth.logic import DicomHeader, synthesize, write_dicom
 
 LENIENT = IngestConfig(max_reject_fraction=1.0)
@@ -515,7 +509,8 @@ RIGHT_CC LINES 4624 PIXELS_PER_LINE 3056 BITS_PER_PIXEL 12 RESOLUTION 50
 def test_ics_file_gives_scanner_bits_and_spacing():
     ics = parse_ics(ICS)
     assert ics["scanner"] == "LUMISYS"
-    assert ics["views"][("LEFT", "CC")] == (12, 0.05)
+    view = ics["views"][("LEFT", "CC")]
+    assert (view.lines, view.pixels_per_line, view.bits, view.spacing_mm) == (4696, 3024, 12, 0.05)
 
 
 def test_scanned_ddsm_normals_record_scanner_and_bit_depth(small_synth, tmp_path, caplog):
@@ -531,9 +526,15 @@ def test_scanned_ddsm_normals_record_scanner_and_bit_depth(small_synth, tmp_path
     normal = cases[cases["source"] == "ddsm-normal"].sort_values("side")
     assert normal[["patient_id", "side", "view", "scanner", "bits_stored", "image_format"]].values.tolist() == [
         ["A_0200_1", "LEFT", "CC", "LUMISYS", 12, "png"], ["A_0200_1", "RIGHT", "CC", "LUMISYS", 12, "png"]]
+    # the 80x64 PNGs are not the 4696x3024 views the .ics describes: its resolution does not apply to them
     assert normal["pixel_spacing_mm"].tolist() == [0.05, 0.05]
+    assert normal["pixel_spacing_source"].tolist() == ["default:ddsm-normal"] * 2
     assert report.counts["normals/"].read == 2
-    assert "LJPEG" in caplog.text
+    skipped = pd.read_parquet(tmp_path / "out/skipped.parquet").sort_values("path")
+    assert skipped[["path", "reason"]].values.tolist() == [
+        ["normal_01/case0200/A-0200-1.ics", "metadata_file"],
+        ["normal_01/case0200/A_0200_1.LEFT_MLO.LJPEG", "ljpeg_not_converted"]]
+    assert report.skipped_reasons == {"metadata_file": 1, "ljpeg_not_converted": 1}
     _assert_nothing_contains(tmp_path / "out", caplog.text, ["2 7 1995", "PATIENT_AGE"])
 
 

@@ -1,4 +1,4 @@
-"""KFP wrapper of the ingest step (logic: mammo.components.ingest.logic)."""
+"""KFP wrapper of the ingest step (logic: mammo.components.ingest.logic.run)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Output
@@ -15,13 +15,11 @@ def ingest(data_uri: str, normals_uri: str, config: dict, cases: Output[Dataset]
     import shutil
 
     from mammo.components.config import Config
-    from mammo.components.ingest.logic import ingest
+    from mammo.components.ingest.logic import run
     from mammo.components.runtime import artifact_dir, setup_logging
 
     setup_logging()
-    cfg = Config.from_dict(config)
-    report = ingest(data_uri, normals_uri, artifact_dir(cases.path), cfg.ingest, seed=cfg.seed,
-                    validation_fraction=cfg.balance.validation_fraction)
+    report = run(data_uri, normals_uri, artifact_dir(cases.path), Config.from_dict(config))
     shutil.copyfile(report.rejects_path, rejects.path)
     cases.metadata.update({"rows": report.totals.ingested, "rejected": report.totals.rejected,
-                           "resolution": report.resolution})
+                           "skipped": sum(report.skipped_reasons.values()), "resolution": report.resolution})
