@@ -4,8 +4,16 @@ Both commands compile the pipeline from the config profile (``cluster`` settings
 upload it as a *version* of one pipeline (named after the package version and a hash of the
 compiled spec, so re-submitting an unchanged pipeline reuses its version), create or reuse the
 experiment, and then start a run or a recurring run that references that version, with the whole
-config as the run's parameters. ``pipeline_root`` and ``service_account`` come from
-``config.cluster`` and are set on each run.
+config as the run's parameters (:func:`~mammo.pipelines.pipeline.pipeline_arguments`: the flat run
+parameters and ``config``). ``pipeline_root`` and ``service_account`` come from ``config.cluster``
+and are set on each run.
+
+Multi-user Kubeflow: ``namespace`` puts the experiment (and so its runs) in a profile namespace;
+:class:`Auth` authenticates: a bearer token (``--token`` / ``KF_PIPELINES_TOKEN``, e.g. from
+``kubectl create token``), a token file, or the pod's service-account token (inside the cluster).
+Run names are unique (name, backbones, UTC time, a random suffix). ``schedule`` is idempotent: a
+recurring run of the same name in the experiment is replaced (deleted, then created with the new
+version, cron and parameters), so running it twice leaves one schedule.
 
 KFP's cron has six fields, seconds first (robfig/cron): :func:`validate_cron` checks an
 expression before any request is sent.
@@ -16,10 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import secrets
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from mammo.components.config import Config
@@ -39,6 +50,8 @@ class Submitted:
     run_id: str = ""
     recurring_run_id: str = ""
     url: str = ""
+    #: ids of the recurring runs of the same name that ``schedule`` replaced
+    replaced: tuple[str, ...] = ()
 
 
 # -- cron ----------------------------------------------------------------------------------------
@@ -117,12 +130,51 @@ def _check_host(host: str) -> None:
         raise ValueError(f"--host {host!r} must be a URL such as http://localhost:8888 (the KFP API or UI address)")
 
 
-def _client(host: str):
+@dataclass(frozen=True)
+class Auth:
+    """How to reach a (multi-user) KFP API: namespace and credentials; all empty = single-user KFP.
+
+    ``token``: a bearer token (``kubectl create token <sa> -n <namespace>``, or an OIDC token);
+    ``token_file``: a file holding one; ``in_cluster``: the pod's projected service-account token
+    (``kfp.client.ServiceAccountTokenVolumeCredentials``), for submitting from a notebook or pod.
+    """
+
+    namespace: str = ""
+    token: str = ""
+    token_file: str = ""
+    in_cluster: bool = False
+
+    @classmethod
+    def from_env(cls, namespace: str = "", token: str = "", token_file: str = "", in_cluster: bool = False) -> "Auth":
+        """Command-line values, the token falling back to ``KF_PIPELINES_TOKEN`` (kept out of shell history)."""
+        return cls(namespace, token or os.environ.get("KF_PIPELINES_TOKEN", ""), token_file, in_cluster)
+
+    def client_kwargs(self) -> dict:
+        if sum(map(bool, (self.token, self.token_file, self.in_cluster))) > 1:
+            raise ValueError("give one of --token, --token-file, --in-cluster-credentials")
+        kwargs: dict = {}
+        if self.namespace:
+            kwargs["namespace"] = self.namespace
+        if self.token:
+            kwargs["existing_token"] = self.token
+        elif self.token_file:
+            try:
+                kwargs["existing_token"] = Path(self.token_file).read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"--token-file {self.token_file}: {exc.strerror}") from None
+        elif self.in_cluster:
+            from kfp.client import ServiceAccountTokenVolumeCredentials
+
+            kwargs["credentials"] = ServiceAccountTokenVolumeCredentials()
+        return kwargs
+
+
+def _client(host: str, auth: Auth | None = None):
     """A ``kfp.Client`` for ``host`` (its constructor already asks the server's healthz)."""
     import kfp
 
     _check_host(host)
-    return kfp.Client(host=host)
+    return kfp.Client(host=host, **(auth or Auth()).client_kwargs())
 
 
 @contextmanager
@@ -177,11 +229,13 @@ def upload_version(client, package: Path, version_name: str, pipeline_name: str 
     return pipeline_id, uploaded.pipeline_version_id
 
 
-def _prepare(host: str, cfg: Config, experiment: str):
+def _prepare(host: str, cfg: Config, experiment: str, auth: Auth | None = None):
+    auth = auth or Auth()
     with tempfile.TemporaryDirectory() as tmp:
         package, version_name = _package(cfg, Path(tmp))  # a compile error stops us before any request
-        client = _client(host)
-        exp = client.create_experiment(name=experiment)  # gets the experiment if it exists
+        client = _client(host, auth)
+        # gets the experiment if it exists; in a profile namespace on multi-user Kubeflow
+        exp = client.create_experiment(name=experiment, namespace=auth.namespace or None)
         pipeline_id, version_id = upload_version(client, package, version_name)
     return client, exp.experiment_id, pipeline_id, version_id, version_name
 
@@ -190,16 +244,26 @@ def _run_options(cfg: Config) -> dict:
     return {"pipeline_root": cfg.cluster.pipeline_root or None, "service_account": cfg.cluster.service_account or None}
 
 
+def unique_run_name(cfg: Config, now: datetime | None = None) -> str:
+    """``mammo-<backbones>-<UTC yyyymmdd-hhmmss>-<4 hex>``: unique, sortable, says what was trained."""
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    backbones = "-".join(cfg.train.backbones)[:40]
+    return f"mammo-{backbones}-{stamp}-{secrets.token_hex(2)}"
+
+
 def submit_run(host: str, cfg: Config, data_uri: str, normals_uri: str, serving_root: str, experiment: str = "mammo",
-               run_name: str | None = None, extract_shards: int = 4) -> Submitted:
-    """Upload the pipeline version and start one run of it with ``cfg`` as parameters."""
+               run_name: str | None = None, extract_shards: int = 4, auth: Auth | None = None) -> Submitted:
+    """Upload the pipeline version and start one run of it with ``cfg`` as parameters.
+
+    ``run_name`` is used as given; without one the run gets :func:`unique_run_name`.
+    """
     _check_host(host)
     params = pipeline_arguments(cfg, data_uri, normals_uri, serving_root, extract_shards)
     with _api_errors(host):
-        client, experiment_id, pipeline_id, version_id, version_name = _prepare(host, cfg, experiment)
+        client, experiment_id, pipeline_id, version_id, version_name = _prepare(host, cfg, experiment, auth)
         run = client.run_pipeline(
             experiment_id=experiment_id,
-            job_name=run_name or f"{PIPELINE_NAME}-{'-'.join(cfg.train.backbones)}"[:60],
+            job_name=run_name or unique_run_name(cfg),
             params=params,
             pipeline_id=pipeline_id,
             version_id=version_id,
@@ -211,13 +275,23 @@ def submit_run(host: str, cfg: Config, data_uri: str, normals_uri: str, serving_
 
 
 def schedule_runs(host: str, cfg: Config, data_uri: str, normals_uri: str, serving_root: str, cron: str,
-                  experiment: str = "mammo", job_name: str = "mammo-retrain", extract_shards: int = 4) -> Submitted:
-    """A recurring run (scheduled retraining): one at a time, no catch-up of missed runs."""
+                  experiment: str = "mammo", job_name: str = "mammo-retrain", extract_shards: int = 4,
+                  auth: Auth | None = None) -> Submitted:
+    """A recurring run (scheduled retraining): one at a time, no catch-up of missed runs.
+
+    Idempotent: recurring runs named ``job_name`` in the experiment are replaced by this one (the
+    KFP API cannot edit a recurring run's cron, version or parameters), so a second ``schedule``
+    leaves one schedule, with the new settings.
+    """
     cron = validate_cron(cron)  # before any request
     _check_host(host)
     params = pipeline_arguments(cfg, data_uri, normals_uri, serving_root, extract_shards)
     with _api_errors(host):
-        client, experiment_id, pipeline_id, version_id, version_name = _prepare(host, cfg, experiment)
+        client, experiment_id, pipeline_id, version_id, version_name = _prepare(host, cfg, experiment, auth)
+        replaced = _existing_recurring_runs(client, experiment_id, job_name)
+        for old in replaced:
+            client.delete_recurring_run(old)
+            log.info("replacing recurring run %s (%s)", job_name, old)
         job = client.create_recurring_run(
             experiment_id=experiment_id,
             job_name=job_name,
@@ -232,4 +306,17 @@ def schedule_runs(host: str, cfg: Config, data_uri: str, normals_uri: str, servi
         )
     log.info("created recurring run %s (%s)", job.recurring_run_id, cron)
     return Submitted(experiment_id, pipeline_id, version_id, version_name, recurring_run_id=job.recurring_run_id,
+                     replaced=tuple(replaced),
                      url=f"{host.rstrip('/')}/#/recurringrun/details/{job.recurring_run_id}")
+
+
+def _existing_recurring_runs(client, experiment_id: str, job_name: str) -> list[str]:
+    """Ids of the experiment's recurring runs whose display name is ``job_name`` (every page)."""
+    found, token = [], ""
+    while True:
+        page = client.list_recurring_runs(page_token=token, page_size=100, experiment_id=experiment_id,
+                                          filter=_equals_filter("display_name", job_name))
+        found += [r.recurring_run_id for r in (page.recurring_runs or []) if r.display_name == job_name]
+        token = page.next_page_token or ""
+        if not token:
+            return found

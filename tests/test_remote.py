@@ -13,6 +13,7 @@ import email.parser
 import email.policy
 import itertools
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -57,6 +58,9 @@ class KfpApiServerDouble:
             def do_POST(self):
                 double._handle(self, "POST")
 
+            def do_DELETE(self):
+                double._handle(self, "DELETE")
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -75,7 +79,8 @@ class KfpApiServerDouble:
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
-        record = {"method": method, "path": url.path, "query": query, "content_type": handler.headers.get("Content-Type")}
+        record = {"method": method, "path": url.path, "query": query, "content_type": handler.headers.get("Content-Type"),
+                  "authorization": handler.headers.get("Authorization")}
         with self._lock:
             if raw and record["content_type"].startswith("application/json"):
                 record["body"] = json.loads(raw)
@@ -135,6 +140,13 @@ class KfpApiServerDouble:
             run = {**record["body"], "run_id": self._new_id("run"), "state": "PENDING"}
             self.runs[run["run_id"]] = run
             return 200, run
+        if parts == ["recurringruns"] and method == "GET":
+            mine = [j for j in self.recurring_runs.values() if j["experiment_id"] == query.get("experiment_id")]
+            return 200, _listed("recurringRuns", mine, query)
+        if len(parts) == 2 and parts[0] == "recurringruns" and method == "DELETE":
+            if self.recurring_runs.pop(parts[1], None) is None:
+                return 404, {"error": f"no recurring run {parts[1]}"}
+            return 200, {}
         if parts == ["recurringruns"] and method == "POST":
             error = self._check_references(record["body"])
             if error:
@@ -227,7 +239,7 @@ DATA, NORMALS, SERVING = "gs://bucket/cbis", "gs://bucket/normals", "gs://bucket
 
 
 def test_submit_creates_experiment_uploads_pipeline_and_runs_its_version_with_profile_parameters(kfp_api):
-    cfg = _cfg("cluster.gpu_type=nvidia-l4", "cluster.pipeline_root=gs://bucket/kfp-root",
+    cfg = _cfg("cluster.train_gpus=1", "cluster.gpu_type=nvidia-l4", "cluster.pipeline_root=gs://bucket/kfp-root",
                "cluster.service_account=mammo-pipeline")
     done = submit_run(kfp_api.url, cfg, DATA, NORMALS, SERVING, experiment="mammo-test", run_name="r1",
                       extract_shards=3)
@@ -250,12 +262,14 @@ def test_submit_creates_experiment_uploads_pipeline_and_runs_its_version_with_pr
     assert done.version_name.startswith(f"{PIPELINE_NAME}-0.1.0-")
 
     (run,) = [r["body"] for r in kfp_api.posted("/runs")]
-    assert run["display_name"] == "r1"
+    assert run["display_name"] == "r1"  # a given name is used as is
     assert run["experiment_id"] == done.experiment_id
     assert run["pipeline_version_reference"] == {"pipeline_id": done.pipeline_id, "pipeline_version_id": done.version_id}
     assert "pipeline_spec" not in run  # the run references the uploaded version
     assert run["runtime_config"]["parameters"] == pipeline_arguments(cfg, DATA, NORMALS, SERVING, 3)
-    assert run["runtime_config"]["parameters"]["config"]["train"]["backbones"] == ["mobilenetv3small"]
+    assert run["runtime_config"]["parameters"]["backbones"] == ["mobilenetv3small"]
+    assert "backbones" not in run["runtime_config"]["parameters"]["config"]["train"]  # one place per setting
+    assert "cluster" not in run["runtime_config"]["parameters"]["config"]
     assert run["runtime_config"]["pipeline_root"] == "gs://bucket/kfp-root"
     assert run["service_account"] == "mammo-pipeline"
     assert done.run_id == next(iter(kfp_api.runs)) and done.url.endswith(f"/#/runs/details/{done.run_id}")
@@ -299,8 +313,8 @@ def test_cli_submit_prints_run_and_uses_profile_and_overrides(kfp_api, capsys):
     assert rc == 0
     (run,) = kfp_api.runs.values()
     params = run["runtime_config"]["parameters"]
-    assert params["config"]["gate"]["auc_threshold"] == 0.8
-    assert params["extract_shards"] == [0, 1] and params["num_extract_shards"] == 2
+    assert params["auc_threshold"] == 0.8 and "auc_threshold" not in params["config"]["gate"]
+    assert params["num_extract_shards"] == 2 and "extract_shards" not in params
     assert "pipeline_root" not in run["runtime_config"] and "service_account" not in run  # cluster defaults
     assert f"submitted run {run['run_id']}" in capsys.readouterr().out
 
@@ -381,6 +395,58 @@ def test_cli_bad_cron_exits_nonzero_with_the_reason_and_sends_nothing(kfp_api, c
                                   "0 0 0 1 JAN,JUL *", "0 15 1-23/2 * * *", "@daily", "@every 1h30m"])
 def test_valid_kfp_cron_expressions_are_accepted(cron):
     assert validate_cron(cron) == " ".join(cron.split())
+
+
+def test_schedule_twice_replaces_the_recurring_run_of_the_same_name(kfp_api, capsys):
+    first = schedule_runs(kfp_api.url, _cfg(), DATA, NORMALS, SERVING, cron="0 0 3 * * 0", job_name="weekly")
+    other = schedule_runs(kfp_api.url, _cfg(), DATA, NORMALS, SERVING, cron="0 0 1 * * *", job_name="nightly")
+    second = schedule_runs(kfp_api.url, _cfg("gate.auc_threshold=0.8"), DATA, NORMALS, SERVING, cron="0 0 4 * * 0",
+                           job_name="weekly")
+
+    assert second.replaced == (first.recurring_run_id,) and first.replaced == () and other.replaced == ()
+    assert set(kfp_api.recurring_runs) == {other.recurring_run_id, second.recurring_run_id}
+    weekly = kfp_api.recurring_runs[second.recurring_run_id]
+    assert weekly["trigger"] == {"cron_schedule": {"cron": "0 0 4 * * 0"}}
+    assert weekly["runtime_config"]["parameters"]["auc_threshold"] == 0.8
+    deletes = [c for c in kfp_api.calls() if c[0] == "DELETE"]
+    assert deletes == [("DELETE", f"{API}/recurringruns/{first.recurring_run_id}")]
+
+    common = ["--host", kfp_api.url, "--data", DATA, "--normals", NORMALS, "--serving-root", SERVING, "--profile", "demo"]
+    assert main(["schedule", *common, "--cron", "0 0 5 * * 0", "--job-name", "weekly"]) == 0
+    assert f"replaced the recurring run(s) named weekly: {second.recurring_run_id}" in capsys.readouterr().out
+    assert len([j for j in kfp_api.recurring_runs.values() if j["display_name"] == "weekly"]) == 1
+
+
+def test_runs_without_a_name_get_unique_names(kfp_api):
+    names = {submit_run(kfp_api.url, _cfg(), DATA, NORMALS, SERVING).run_id: None for _ in range(3)}
+    displayed = [r["display_name"] for r in kfp_api.runs.values()]
+    assert len(names) == 3 and len(set(displayed)) == 3
+    assert all(re.fullmatch(r"mammo-mobilenetv3small-\d{8}-\d{6}-[0-9a-f]{4}", n) for n in displayed), displayed
+
+
+def test_namespace_and_token_reach_the_api(kfp_api, monkeypatch):
+    from mammo.pipelines.remote import Auth
+
+    done = submit_run(kfp_api.url, _cfg(), DATA, NORMALS, SERVING, experiment="team",
+                      auth=Auth(namespace="kubeflow-user-example-com", token="tok-123"))
+    exp = kfp_api.posted("/experiments")[0]["body"]
+    assert exp["namespace"] == "kubeflow-user-example-com"
+    assert {r["authorization"] for r in kfp_api.requests} == {"Bearer tok-123"}
+    assert done.run_id in kfp_api.runs
+
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", "from-env")
+    assert Auth.from_env("ns").client_kwargs() == {"namespace": "ns", "existing_token": "from-env"}
+    with pytest.raises(ValueError, match="give one of"):
+        Auth(token="a", in_cluster=True).client_kwargs()
+
+
+def test_cli_token_file_and_namespace(kfp_api, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("file-token\n")
+    assert main(["submit", "--host", kfp_api.url, "--data", DATA, "--normals", NORMALS, "--serving-root", SERVING,
+                 "--profile", "demo", "--namespace", "team-a", "--token-file", str(token)]) == 0
+    assert kfp_api.posted("/experiments")[0]["body"]["namespace"] == "team-a"
+    assert {r["authorization"] for r in kfp_api.requests} == {"Bearer file-token"}
 
 
 # -- errors -----------------------------------------------------------------------------------------
