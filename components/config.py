@@ -156,10 +156,15 @@ class BalanceConfig:
 class TrainConfig:
     """Transfer learning with the paper's three-stage fine-tuning schedule."""
 
-    #: Keras application backbones (see mammo.components.train.backbones)
+    #: registry names (see mammo.components.train.backbones) or keras:<Application> for any
+    #: keras.applications model (e.g. keras:MobileNet)
     backbones: list[str] = field(
         default_factory=lambda: ["resnet50", "xception", "nasnetmobile", "nasnetlarge", "efficientnetb7"]
     )
+    #: keyword arguments of the keras:<Application> backbones: "<argument>=<value>" (every keras:
+    #: backbone) or "<Application>.<argument>=<value>" (one), values as Python literals
+    #: (e.g. "MobileNet.alpha=0.5")
+    backbone_kwargs: list[str] = field(default_factory=list)
     #: "imagenet" (downloads Keras' weights), "none" (random init) or a weights file (path or gs://)
     weights: str = "imagenet"
     #: where ImageNet downloads (``<dir>/models/``) and gs:// weights files are cached ("" = ~/.keras)
@@ -213,6 +218,13 @@ class TrainConfig:
     #: 0.999). Training from scratch on little data needs a lower value (the demo uses 0.9) or the
     #: moving statistics lag far behind the weights and validation predictions collapse to one class.
     bn_momentum: Fraction = 0.0
+
+    def __post_init__(self) -> None:
+        # a misspelt backbone or a malformed backbone argument fails at config time, not in the training pod
+        from mammo.components.train.backbones import check_backbone_names, parse_backbone_kwargs
+
+        check_backbone_names(self.backbones)
+        parse_backbone_kwargs(self.backbone_kwargs, self.backbones)
 
 
 @dataclass

@@ -179,10 +179,10 @@ def cmd_balance(args) -> None:
 def cmd_train(args) -> None:
     from dataclasses import asdict
 
-    from mammo.components.train.logic import train_backbone
+    from mammo.components.train.logic import run
 
     cfg = _config(args)
-    _print_json(asdict(train_backbone(args.dataset, args.backbone, args.out, cfg.train, cfg.seed)))
+    _print_json(asdict(run(args.dataset, args.backbone, args.out, cfg)))
 
 
 def cmd_bench_train(args) -> None:

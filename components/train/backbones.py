@@ -8,6 +8,15 @@ the saved ``.keras`` file loads with plain ``keras.models.load_model`` (no custo
 Augmentation is not part of this model: it runs on the accelerator in the training wrapper
 (:mod:`mammo.components.train.logic`), so the exported model is exactly the classifier.
 
+Backbones (``train.backbones``): a registry name (:data:`BACKBONES`), or any
+``keras.applications`` model as ``keras:<Application>`` (e.g. ``keras:MobileNet``,
+``keras:DenseNet121``) with keyword arguments from ``train.backbone_kwargs``: entries
+``<Application>.<argument>=<value>`` for one application or ``<argument>=<value>`` for every
+``keras:`` backbone (values are Python literals: ``0.25``, ``True``, ``'avg'``; other text is a
+string). Such a backbone takes its preprocessing from its Keras module (:data:`MODULE_PREPROCESSING`),
+input side 224 (or ``train.input_size``) and unfreezes the last ``train.stage2_unfreeze_fraction``
+of its layers in stage 2. The arguments the registry sets itself (:data:`RESERVED_KWARGS`) are refused.
+
 ``weights`` (``train.weights``):
 
 * ``"imagenet"``: Keras' ImageNet weights, downloaded once into ``train.weights_cache_dir``
@@ -22,6 +31,7 @@ Augmentation is not part of this model: it runs on the accelerator in the traini
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import re
@@ -51,7 +61,7 @@ class Backbone:
     #: default batch size per accelerator (the paper notebooks')
     batch_size: int
     #: layers of the backbone kept frozen in stage 2 (the paper's counts); 0 = use
-    #: ``train.stage2_unfreeze_fraction``
+    #: ``frozen_fraction_in_stage2``
     frozen_in_stage2: int
     #: caffe | tf | torch | none (none: the Keras model rescales 0..255 itself)
     preprocessing: str
@@ -63,6 +73,19 @@ class Backbone:
     #: the Keras model applies its own 0..255 -> input scaling, so ``preprocessing=rescale`` must
     #: not divide again (EfficientNet, EfficientNetV2, ConvNeXt, MobileNetV3)
     rescales_itself: bool = False
+    #: share of the backbone's layers kept frozen in stage 2 when there is no paper count;
+    #: 0 = ``1 - train.stage2_unfreeze_fraction``
+    frozen_fraction_in_stage2: float = 0.0
+
+    @property
+    def slug(self) -> str:
+        """The name as a Keras model name (``keras:MobileNet`` -> ``keras_MobileNet``)."""
+        return re.sub(r"\W", "_", self.name)
+
+
+#: the paper's five backbones keep about two thirds of their layers frozen in stage 2 (ResNet50 120
+#: of 175, Xception 90 of 132, NASNetMobile 520 of 769): the same share for a new backbone
+PAPER_FROZEN_FRACTION = 0.68
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -82,6 +105,10 @@ BACKBONES: dict[str, Backbone] = {
         # small and fast: the demo profile and CI
         Backbone("mobilenetv3small", "MobileNetV3Small", 224, 32, 32, 0, "none",
                  kwargs={"include_preprocessing": True}, rescales_itself=True),
+        # MobileNet v1 with alpha 0.25 (218k parameters): real ImageNet transfer learning in CI, the
+        # paper's stage-2 share frozen; its ImageNet file is mobilenet_2_5_224_tf_no_top.h5
+        Backbone("mobilenet025", "MobileNet", 224, 32, 32, 0, "tf", kwargs={"alpha": 0.25},
+                 frozen_fraction_in_stage2=PAPER_FROZEN_FRACTION),
         # a 4-block CNN (no ImageNet weights) for smoke tests of the schedule: seconds per epoch on a CPU
         Backbone("tinycnn", "", 32, 16, 8, 0, "tf"),
     ]
@@ -97,11 +124,97 @@ class WeightsUnavailableError(RuntimeError):
     """Pre-trained weights could not be obtained (no network, missing file)."""
 
 
-def get_backbone(name: str) -> Backbone:
+KERAS_PREFIX = "keras:"
+#: arguments of a Keras application that the registry sets (or that would break the classifier)
+RESERVED_KWARGS = frozenset({"include_top", "weights", "input_shape", "input_tensor", "classes",
+                             "classifier_activation", "pooling"})
+#: preprocessing of each ``keras.applications`` module (its ``preprocess_input`` mode); "none":
+#: the model rescales 0..255 itself (``include_preprocessing``, on by default in those modules)
+MODULE_PREPROCESSING = {
+    "convnext": "none", "densenet": "torch", "efficientnet": "none", "efficientnet_v2": "none",
+    "inception_resnet_v2": "tf", "inception_v3": "tf", "mobilenet": "tf", "mobilenet_v2": "tf",
+    "mobilenet_v3": "none", "nasnet": "tf", "resnet": "caffe", "resnet_v2": "tf", "vgg16": "caffe",
+    "vgg19": "caffe", "xception": "tf",
+}
+#: what those modules expect when ``include_preprocessing=False`` is passed
+_WITHOUT_OWN_PREPROCESSING = {"convnext": "torch", "efficientnet_v2": "tf", "mobilenet_v3": "tf"}
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_KWARG = re.compile(rf"^(?:(?P<app>{_IDENT})\.)?(?P<key>{_IDENT})=(?P<value>.*)$")
+
+
+def check_backbone_names(names: list[str]) -> None:
+    """Each ``train.backbones`` entry is a registry name or ``keras:<Application>`` (syntax only)."""
+    for name in names:
+        if name in BACKBONES:
+            continue
+        if name.startswith(KERAS_PREFIX) and re.fullmatch(_IDENT, name[len(KERAS_PREFIX):]):
+            continue
+        raise ValueError(f"train.backbones entry {name!r} is neither a registry name ({sorted(BACKBONES)}) nor "
+                         "keras:<Application> with a keras.applications model name (e.g. keras:MobileNet)")
+
+
+def parse_backbone_kwargs(entries: list[str], backbones: list[str]) -> dict[str | None, dict[str, Any]]:
+    """``train.backbone_kwargs`` as ``{application or None (every keras: backbone): {argument: value}}``.
+
+    Raises a ValueError naming the key and the allowed form for a malformed or reserved entry, or
+    one that no ``keras:`` backbone in ``backbones`` would receive.
+    """
+    apps = {b[len(KERAS_PREFIX):] for b in backbones if b.startswith(KERAS_PREFIX)}
+    out: dict[str | None, dict[str, Any]] = {}
+    for entry in entries:
+        match = _KWARG.match(str(entry).strip())
+        form = ("train.backbone_kwargs entries are <argument>=<value> (every keras: backbone) or "
+                "<Application>.<argument>=<value> (e.g. MobileNet.alpha=0.5)")
+        if not match or not match["value"].strip():
+            raise ValueError(f"train.backbone_kwargs entry {entry!r} is malformed: {form}")
+        app, key = match["app"], match["key"]
+        if key in RESERVED_KWARGS:
+            raise ValueError(f"train.backbone_kwargs entry {entry!r}: {key} is set by the registry "
+                             f"(reserved: {sorted(RESERVED_KWARGS)}); use train.weights / train.input_size")
+        if (app and app not in apps) or not apps:
+            raise ValueError(f"train.backbone_kwargs entry {entry!r} applies to no backbone: it needs "
+                             f"{'keras:' + app if app else 'a keras:<Application> entry'} in train.backbones "
+                             f"(now {backbones})")
+        out.setdefault(app, {})[key] = _literal(match["value"].strip())
+    return out
+
+
+def _literal(text: str) -> Any:
+    lowered = {"true": True, "false": False, "none": None, "null": None}
+    if text.lower() in lowered:
+        return lowered[text.lower()]
     try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def get_backbone(name: str, cfg: TrainConfig | None = None) -> Backbone:
+    """The registry entry ``name``, or a :class:`Backbone` for ``keras:<Application>`` with ``cfg``'s arguments."""
+    if name in BACKBONES:
         return BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}") from None
+    if not name.startswith(KERAS_PREFIX):
+        raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)} or "
+                         "keras:<Application> (any keras.applications model, e.g. keras:MobileNet)")
+    import keras
+
+    app_name = name[len(KERAS_PREFIX):]
+    app = getattr(keras.applications, app_name, None)
+    if not app_name[:1].isupper() or not callable(app):
+        available = sorted(n for n in dir(keras.applications) if n[:1].isupper())
+        raise ValueError(f"unknown backbone {name!r}: keras.applications has no model {app_name!r}; "
+                         f"available: {available}")
+    by_app = parse_backbone_kwargs(cfg.backbone_kwargs, [*cfg.backbones, name]) if cfg is not None else {}
+    kwargs = {**by_app.get(None, {}), **by_app.get(app_name, {})}
+    module = app.__module__.rsplit(".", 1)[-1]
+    if module not in MODULE_PREPROCESSING:
+        raise ValueError(f"backbone {name!r}: no known preprocessing for keras.applications module {module!r}; "
+                         f"known: {sorted(MODULE_PREPROCESSING)}")
+    preprocessing = MODULE_PREPROCESSING[module]
+    if preprocessing == "none" and kwargs.get("include_preprocessing") is False:
+        preprocessing = _WITHOUT_OWN_PREPROCESSING.get(module, "tf")
+    return Backbone(name, app_name, 224, 32, 32, 0, preprocessing, kwargs=kwargs,
+                    rescales_itself=preprocessing == "none")
 
 
 def input_size_of(backbone: Backbone, cfg: TrainConfig) -> int:
@@ -295,5 +408,5 @@ def build_model(backbone: Backbone, image_size: int, cfg: TrainConfig, weights: 
     x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)
     x = keras.layers.Dense(cfg.head_units2 or backbone.head_units2, activation="relu", name="fc2")(x)
     outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="probabilities", dtype="float32")(x)
-    model = keras.Model(inputs, outputs, name=f"mammo_{backbone.name}")
+    model = keras.Model(inputs, outputs, name=f"mammo_{backbone.slug}")
     return model, base, preprocessing

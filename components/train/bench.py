@@ -1,7 +1,7 @@
 """Training throughput benchmark (``mammo bench-train``): the real training step of a backbone.
 
-For each backbone it builds exactly what :func:`~mammo.components.train.logic.train_backbone` trains
-(the classifier inside :class:`~mammo.components.train.logic.AugmentedTrainer`, augmentation on the
+For each backbone it builds exactly what :func:`~mammo.components.train.logic.run` trains
+(the classifier inside :class:`~mammo.components.train.inputs.AugmentedTrainer`, augmentation on the
 accelerator, Adam, the same mixed-precision / XLA / MirroredStrategy choices) in the chosen stage
 (default stage 3: every layer trainable, the slowest), feeds it from the same tf.data pipeline
 (PNG patches in a TFRecord file: synthetic ones, or a balance output with ``data_dir``), runs
@@ -112,20 +112,13 @@ def bench_train(backbone_name: str, image_size: int, batch_size: int = 0, steps:
     import keras
     import tensorflow as tf
 
-    from mammo.components.train.logic import (
-        AugmentedTrainer,
-        augmentation,
-        make_dataset,
-        plan_stages,
-        resolve_acceleration,
-        set_trainable,
-        split_files,
-    )
+    from mammo.components.train.inputs import AugmentedTrainer, augmentation, make_dataset, split_files
+    from mammo.components.train.logic import plan_stages, resolve_acceleration, set_trainable
 
     cfg = cfg or TrainConfig(weights="none")
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
-    backbone = get_backbone(backbone_name)
+    backbone = get_backbone(backbone_name, cfg)
     accel = resolve_acceleration(cfg)
     batch = batch_size or cfg.batch_size or backbone.batch_size
     global_batch = batch * accel.replicas
@@ -145,7 +138,7 @@ def bench_train(backbone_name: str, image_size: int, batch_size: int = 0, steps:
                                                seed))]
             with accel.strategy.scope():
                 net, base, _ = build_model(backbone, image_size, cfg, weights=weights)
-                trainer = AugmentedTrainer(net, augmentation(cfg, seed), name=f"bench_{backbone_name}")
+                trainer = AugmentedTrainer(net, augmentation(cfg, seed), name=f"bench_{backbone.slug}")
                 set_trainable(base, plan_stages(cfg, backbone, len(base.layers))[stage - 1].frozen_layers)
                 trainer.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy",
                                 jit_compile=accel.jit_compile)

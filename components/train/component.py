@@ -8,33 +8,29 @@ from mammo.components.config import GPU_IMAGE
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def train(dataset: Input[Dataset], backbone: str, config: dict, model: Output[Model],
-             tensorboard: Output[Artifact]):
+          tensorboard: Output[Artifact]):
     """Three-stage fine-tuning of one backbone.
 
-    ``model``: model.keras, report.json, history.json (and checkpoints/ unless
-    ``train.checkpoint_dir`` is set). ``tensorboard``: the TensorBoard log directory, written
-    during training; its metadata carries the KFP v1 viewer entry ``{"type": "tensorboard",
-    "source": <uri>}`` so a UI or a TensorBoard pod can be pointed at it.
+    ``model``: the train artifact (contracts: model, history, report, and the checkpoint folder
+    unless ``train.checkpoint_dir`` is set); the class weights come from ``dataset``'s report.
+    ``tensorboard``: the TensorBoard log directory, written during training; its metadata carries
+    the KFP v1 viewer entry ``{"type": "tensorboard", "source": <uri>}`` so a UI or a TensorBoard
+    pod can be pointed at it.
     Checkpoints under ``train.checkpoint_dir`` go to a subfolder named after this task's output
     URI, which stays the same when KFP retries the task, so a retry resumes where the pod died.
     """
-    import json
-    from pathlib import Path
-
     from mammo.components import storage
     from mammo.components.config import Config
     from mammo.components.runtime import artifact_dir, setup_logging
-    from mammo.components.train.logic import checkpoint_key, train_backbone
+    from mammo.components.train.logic import checkpoint_key, run
 
     setup_logging()
     cfg = Config.from_dict(config)
-    weights_file = Path(dataset.path) / "report.json"
-    class_weights = json.loads(weights_file.read_text()).get("class_weights") if weights_file.exists() else None
     checkpoints = None
     if cfg.train.checkpoint_dir:
         checkpoints = storage.join(cfg.train.checkpoint_dir, f"{backbone}-{checkpoint_key(model.uri)}")
-    result = train_backbone(dataset.path, backbone, artifact_dir(model.path), cfg.train, cfg.seed, class_weights,
-                            tensorboard_dir=artifact_dir(tensorboard.path), checkpoint_dir=checkpoints)
+    result = run(dataset.path, backbone, artifact_dir(model.path), cfg, tensorboard_dir=artifact_dir(tensorboard.path),
+                 checkpoint_dir=checkpoints)
     model.metadata.update({"backbone": backbone, "val_auc": result.val_auc, "val_accuracy": result.val_accuracy,
                            "epochs_per_stage": result.epochs_per_stage, "restarts": result.restarts})
     tensorboard.metadata.update({"backbone": backbone, "type": "tensorboard", "source": tensorboard.uri,
