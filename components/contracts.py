@@ -44,6 +44,7 @@ REJECTS = "rejects.parquet"
 SKIPPED = "skipped.parquet"
 # validate_data
 VALIDATION_RESULT = "validation_result.json"
+DATA_DOCS_DIR = "gx"  # the great-expectations Data Docs site (index.html inside)
 # extract_patches
 MANIFEST = "manifest.parquet"
 PREVIEW_HTML = "preview.html"

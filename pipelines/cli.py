@@ -143,17 +143,10 @@ def cmd_ingest(args) -> None:
 
 
 def cmd_validate(args) -> None:
-    import pandas as pd
+    from mammo.components.validate_data.logic import run
 
-    from mammo.components.validate_data.logic import validate_cases
-
-    v = _config(args).validate
-    result = validate_cases(pd.read_parquet(Path(args.cases) / "cases.parquet"), args.out,
-                            min_per_class=v.min_per_class, min_image_side=v.min_image_side,
-                            max_image_side=v.max_image_side)
-    _print_json(result.__dict__)
-    if not result.success:
-        raise SystemExit("validation failed: " + "; ".join(result.critical_failures))
+    # prints what failed and exits with runtime.EXIT_DATA_REJECTED on a critical failure
+    run(args.cases, args.out, _config(args))
 
 
 def cmd_extract(args) -> None:

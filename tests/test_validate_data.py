@@ -1,4 +1,8 @@
-"""validate_data: the decision table of the great-expectations suite over ``cases``."""
+"""validate_data, the step: its entry point, its outputs and the decision table of the suite over ``cases``.
+
+The pure group checks are in tests/test_validate_data_checks.py, the page and the stdout summary in
+tests/test_validate_data_report.py.
+"""
 
 from __future__ import annotations
 
@@ -7,115 +11,136 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from validate_data_cases import CLASSES, make_cases
 
-from mammo.components.config import IngestConfig
-from mammo.components.ingest.logic import CASE_COLUMNS, ingest
+from mammo.components.config import IngestConfig, ValidateConfig, demo_config
+from mammo.components.contracts import CASES, DATA_DOCS_DIR, REPORT_HTML, VALIDATION_RESULT, read_report
+from mammo.components.ingest.logic import ingest
+from mammo.components.runtime import EXIT_DATA_REJECTED
+from mammo.components.validate_data.checks import load_suite_spec
 from mammo.components.validate_data.logic import (
-    DERIVED_COLUMNS,
+    ValidationFailed,
     ValidationResult,
     ValidationRunError,
-    derive_check_columns,
-    load_suite_spec,
-    validate_cases,
+    run,
+    validate,
 )
 
-CLASSES = [
-    # label, abnormality_type, pathology
-    ("calc_benign", "calcification", "benign"),
-    ("calc_malignant", "calcification", "malignant"),
-    ("mass_benign", "mass", "benign"),
-    ("mass_malignant", "mass", "malignant"),
-    ("normal", "normal", "normal"),
-]
+VCFG = ValidateConfig(min_per_class=2)
 
 
-def make_cases(per_class: int = 2) -> pd.DataFrame:
-    """A small valid ``cases`` frame: ``per_class`` rows per class, one patient per row.
-
-    Rows alternate between the official train and test split (patients never overlap); every
-    fourth row (k = 2, 6, ...) of the official training rows is in the validation subset; abnormal
-    rows have a mask of the image's size, normal rows have no mask, crop or mask size.
-    """
-    rows = []
-    for index, (label, abnormality, pathology) in enumerate(CLASSES):
-        for k in range(per_class):
-            normal = label == "normal"
-            patient = f"{'N' if normal else 'P'}_{index * 100 + k:05d}"
-            side, view = ("LEFT", "CC") if k % 2 == 0 else ("RIGHT", "MLO")
-            rows.append(
-                {
-                    "case_id": f"{label}_{patient}_{side}_{view}_1",
-                    "patient_id": patient,
-                    "label": label,
-                    "label_index": index,
-                    "abnormality_type": abnormality,
-                    "pathology": pathology,
-                    "split": "train" if k % 2 == 0 else "test",
-                    "subset": ("validation" if k % 4 == 2 else "train") if k % 2 == 0 else "test",
-                    "side": side,
-                    "view": view,
-                    "abnormality_id": 0 if normal else 1,
-                    "breast_density": None if normal else 2,
-                    "assessment": None if normal else 4,
-                    "subtlety": None if normal else 3,
-                    "mass_shape": "OVAL" if abnormality == "mass" else None,
-                    "mass_margins": "CIRCUMSCRIBED" if abnormality == "mass" else None,
-                    "calc_type": "PLEOMORPHIC" if abnormality == "calcification" else None,
-                    "calc_distribution": "CLUSTERED" if abnormality == "calcification" else None,
-                    "image_uri": f"/data/{patient}/full.dcm",
-                    "roi_mask_uri": "" if normal else f"/data/{patient}/mask.dcm",
-                    "cropped_uri": "" if normal else f"/data/{patient}/crop.dcm",
-                    "image_rows": 4000,
-                    "image_cols": 3000,
-                    "mask_rows": None if normal else 4000,
-                    "mask_cols": None if normal else 3000,
-                    "bits_stored": 12 if normal else 16,
-                    "photometric": "MONOCHROME2",
-                    "modality": "MG" if k % 3 else "",
-                    "image_format": "dicom" if k % 3 else "png",
-                    "pixel_spacing_mm": 0.05 if normal else None,
-                    "source": "ddsm-normal" if normal else "cbis-ddsm",
-                    "scanner": "HOWTEK" if normal else "",
-                    "source_file": "normals.csv" if normal else f"{abnormality}_case_description_train_set.csv",
-                    "source_row": k + 1,
-                }
-            )
-    df = pd.DataFrame(rows)[CASE_COLUMNS]
-    for col in ("breast_density", "assessment", "subtlety", "mask_rows", "mask_cols"):
-        df[col] = df[col].astype("Int64")
-    return df
+def _cfg(**validate):
+    return demo_config().with_overrides({f"validate.{k}": v for k, v in {"min_per_class": 2, **validate}.items()})
 
 
-@pytest.fixture(scope="module")
-def valid_run(tmp_path_factory: pytest.TempPathFactory) -> ValidationResult:
-    return validate_cases(make_cases(), tmp_path_factory.mktemp("valid"), min_per_class=2)
+def _write_cases(cases: pd.DataFrame, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cases.to_parquet(folder / CASES, index=False)
+    return folder
 
 
 def _mentions(lines: list[str], *words: str) -> bool:
     return any(all(w in line for w in words) for line in lines)
 
 
-def test_valid_cases_pass_with_reports(valid_run: ValidationResult) -> None:
-    assert valid_run.success, valid_run.critical_failures
-    assert valid_run.critical_failures == [] and valid_run.warnings == []
-    stats = valid_run.statistics
+# -- the entry point: what it writes, prints and raises ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def valid_run(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("valid")
+    return run(_write_cases(make_cases(), base / "cases"), base / "out", _cfg()), base / "out"
+
+
+def test_valid_cases_pass_and_every_output_is_written(valid_run, capsys) -> None:
+    result, out = valid_run
+    assert result.success, result.critical_failures
+    assert result.critical_failures == [] and result.warnings == []
+    stats = result.statistics
     assert stats["evaluated_expectations"] == len(load_suite_spec()["expectations"])
     assert stats["successful_expectations"] == stats["evaluated_expectations"]
-    assert stats["class_counts"] == {label: 2 for label, _, _ in CLASSES}
+    assert stats["class_counts"] == {label: 4 for label, _, _ in CLASSES}
+    assert stats["class_counts_by_subset"]["validation"] == {label: 1 for label, _, _ in CLASSES}
 
-    page = Path(valid_run.html_path).read_text()
-    assert "PASSED" in page
-    for name in ("expect_column_values_to_be_unique", "expect_table_columns_to_match_set", "mask_matches_image",
-                 "patient_in_both_splits", "class_count"):
-        assert name in page
-    assert "http://" not in page and "https://" not in page  # self-contained
-    # PNG copies carry no DICOM modality; the modality check applies to DICOM rows only
-    assert set(make_cases().loc[lambda d: d["image_format"] == "png", "modality"]) == {""}
+    saved = read_report(out)
+    assert saved["step"] == "validate_data" and saved["success"] is True and saved["group_failures"] == []
+    assert json.loads((out / VALIDATION_RESULT).read_text())["results"]
+    assert (out / DATA_DOCS_DIR / "index.html").is_file()
+    assert list((out / DATA_DOCS_DIR).glob("validations/**/*.html"))
+    page = (out / REPORT_HTML).read_text()
+    assert "PASSED" in page and "http://" not in page and "https://" not in page  # self-contained
 
-    assert (Path(valid_run.docs_dir) / "index.html").is_file()
-    assert list(Path(valid_run.docs_dir).glob("validations/**/*.html"))
-    saved = json.loads((Path(valid_run.html_path).parent / "validation_result.json").read_text())
-    assert saved["success"] is True and saved["gx_validation_result"]["results"]
+
+def test_failing_data_writes_the_page_prints_what_failed_and_exits_as_rejected(tmp_path, capsys) -> None:
+    cases = make_cases()
+    cases = cases[~((cases["label"] == "mass_malignant") & (cases["subset"] == "validation"))]
+    cases.loc[cases.index[0], "label"] = "calc_benignn"
+    with pytest.raises(ValidationFailed) as info:
+        run(_write_cases(cases, tmp_path / "cases"), tmp_path / "out", _cfg())
+    assert info.value.code == EXIT_DATA_REJECTED  # deterministic: the pipeline does not retry it
+    printed = capsys.readouterr().out
+    assert "==== validate_data: FAILED ====" in printed
+    assert "class_coverage: class mass_malignant in validation: no case" in printed
+    assert "'calc_benignn'" in printed and "validation cases per class:" in printed
+    assert f"report: {tmp_path / 'out' / REPORT_HTML}" in printed
+    saved = read_report(tmp_path / "out")
+    assert saved["success"] is False and saved["critical_failures"] == info.value.result.critical_failures
+    assert "FAILED" in (tmp_path / "out" / REPORT_HTML).read_text()
+
+
+def test_unreadable_cases_still_write_the_page(tmp_path, capsys) -> None:
+    with pytest.raises(ValidationRunError) as info:
+        run(tmp_path / "no-such-ingest-output", tmp_path / "out", _cfg())
+    page = Path(info.value.html_path).read_text()
+    assert "could not be run" in page and "no-such-ingest-output" in page
+    assert read_report(tmp_path / "out")["success"] is False
+    assert "==== validate_data: ERROR ====" in capsys.readouterr().out
+
+
+def test_suite_that_cannot_run_still_writes_the_page(tmp_path: Path) -> None:
+    cases = make_cases().assign(class_count=1)  # a reserved column: the suite refuses to run
+    with pytest.raises(ValidationRunError) as info:
+        validate(cases, tmp_path, VCFG)
+    page = Path(info.value.html_path).read_text()
+    assert "could not be run" in page and "class_count" in page
+
+
+def test_cli_runs_the_same_entry_point(tmp_path, capsys) -> None:
+    from mammo.pipelines.cli import main
+
+    cases = make_cases()
+    cases = cases[~((cases["label"] == "normal") & (cases["subset"] == "test"))]
+    folder = _write_cases(cases, tmp_path / "cases")
+    with pytest.raises(SystemExit) as info:
+        main(["validate_data", "--cases", str(folder), "--out", str(tmp_path / "out"), "--profile", "demo",
+              "--set", "validate.min_per_class=2"])
+    assert info.value.code == EXIT_DATA_REJECTED
+    assert "class_coverage: class normal in test: no case" in capsys.readouterr().out
+    assert read_report(tmp_path / "out")["step"] == "validate_data"
+
+
+# -- group checks inside the step: a class missing from a held-out subset, an impossible bit depth ------
+
+
+@pytest.mark.parametrize("label, subset", [("calc_malignant", "validation"), ("mass_benign", "test")])
+def test_class_without_a_case_in_validation_or_test_fails_naming_class_and_subset(tmp_path, label, subset) -> None:
+    cases = make_cases()
+    cases = cases[~((cases["label"] == label) & (cases["subset"] == subset))].reset_index(drop=True)
+    result = validate(cases, tmp_path, VCFG)
+    assert not result.success
+    assert result.critical_failures == [f"class_coverage: class {label} in {subset}: no case "
+                                        f"({(cases['subset'] == subset).sum()} cases of other classes in {subset})"]
+
+
+def test_jpeg_declaring_12_bits_fails_naming_class_and_source(tmp_path) -> None:
+    cases = make_cases()
+    normals = cases["label"] == "normal"
+    cases.loc[normals, "image_format"], cases.loc[normals, "modality"] = "jpeg", ""
+    cases.loc[normals, "bits_stored"] = 12
+    result = validate(cases, tmp_path, VCFG)
+    (line,) = result.critical_failures
+    assert line.startswith("intensity: class normal, source ddsm-normal: 4 of 4 images are jpeg files")
+    assert "near-black" in line
 
 
 # -- one run with a planted fault per row: each test reads the failure it is about -----------------
@@ -158,8 +183,7 @@ def faulty() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def faulty_run(faulty: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> ValidationResult:
-    return validate_cases(faulty, tmp_path_factory.mktemp("faulty"), min_per_class=2,
-                          min_image_side=64, max_image_side=12000)
+    return validate(faulty, tmp_path_factory.mktemp("faulty"), VCFG)
 
 
 def test_unknown_label_fails_naming_column_and_value(faulty_run: ValidationResult) -> None:
@@ -251,11 +275,11 @@ def test_html_report_opens_and_names_the_failing_expectations(faulty_run: Valida
     parser.feed(page)
     assert parser.stack == []
     failing = [text for cls, text in parser.rows if cls == "fail-critical"]
-    assert len(failing) == len(faulty_run.critical_failures)
+    assert len(failing) == len(faulty_run.critical_failures)  # expectations and group checks
     for name in ("patient_in_train_and_validation", "mask_matches_image", "subset_consistent",
                  "expect_compound_columns_to_be_unique", "expect_column_values_to_match_regex"):
         assert any(name in t and "FAIL" in t for t in failing), name
-    assert f"FAILED: {len(faulty_run.critical_failures)} critical expectation(s) failed" in page
+    assert f"FAILED: {len(faulty_run.critical_failures)} critical check(s) failed" in page
     assert (Path(faulty_run.docs_dir) / "index.html").is_file()
 
 
@@ -265,7 +289,7 @@ def test_html_report_opens_and_names_the_failing_expectations(faulty_run: Valida
 def test_patient_in_both_official_splits_only_warns(tmp_path: Path) -> None:
     cases = make_cases()
     cases.loc[1, "patient_id"] = cases.loc[0, "patient_id"]  # train row 0 and test row 1: one patient
-    result = validate_cases(cases, tmp_path, min_per_class=2)
+    result = validate(cases, tmp_path, VCFG)
     assert result.success, result.critical_failures
     assert _mentions(result.warnings, "patient_in_both_splits", cases.loc[0, "patient_id"])
     assert result.statistics["patients_in_both_splits"] == 1
@@ -275,44 +299,31 @@ def test_patient_in_both_official_splits_only_warns(tmp_path: Path) -> None:
 
 
 def test_class_below_min_per_class_fails(tmp_path: Path) -> None:
-    cases = make_cases(per_class=2)
-    cases = cases.drop(index=cases.index[cases["label"] == "calc_malignant"][:1]).reset_index(drop=True)
-    result = validate_cases(cases, tmp_path, min_per_class=2)
+    cases = make_cases(per_class=4)
+    # one calc_malignant training case fewer: 3 left, every subset still covered
+    drop = cases.index[(cases["label"] == "calc_malignant") & (cases["subset"] == "train")][:1]
+    cases = cases.drop(index=drop).reset_index(drop=True)
+    result = validate(cases, tmp_path, ValidateConfig(min_per_class=4))
     assert not result.success
-    (line,) = result.critical_failures
+    short = [line for line in result.critical_failures if "class_count" in line]
+    (line,) = short
     # min_per_class is a run parameter: it reaches the suite's $PARAMETER
-    assert "class_count" in line and "min_value=2" in line and "calc_malignant=1" in line
-    assert "mass_benign" not in line
-    assert result.statistics["class_counts"]["calc_malignant"] == 1
+    assert "min_value=4" in line and "calc_malignant=3" in line and "mass_benign" not in line
+    assert result.statistics["class_counts"]["calc_malignant"] == 3
 
 
 def test_missing_class_and_columns_fail(tmp_path: Path) -> None:
     cases = make_cases()
     cases = cases[cases["label"] != "normal"].reset_index(drop=True).drop(columns=["scanner"]).assign(extra=1)
-    result = validate_cases(cases, tmp_path)
+    result = validate(cases, tmp_path, VCFG)
     assert not result.success
     assert _mentions(result.critical_failures, "expect_column_distinct_values_to_contain_set", "normal")
     assert _mentions(result.critical_failures, "expect_table_columns_to_match_set", "scanner", "extra")
+    assert _mentions(result.critical_failures, "class_coverage: class normal in validation")
 
 
-def test_suite_that_cannot_run_still_writes_the_page(tmp_path: Path) -> None:
-    cases = make_cases().assign(class_count=1)  # a reserved column: the suite refuses to run
-    with pytest.raises(ValidationRunError) as info:
-        validate_cases(cases, tmp_path)
-    page = Path(info.value.html_path).read_text()
-    assert "could not be run" in page and "class_count" in page
-
-
-def test_suite_lists_every_derived_column_with_a_severity() -> None:
-    spec = load_suite_spec()
-    (column_set,) = [e["kwargs"]["column_set"] for e in spec["expectations"] if e["type"] == "expect_table_columns_to_match_set"]
-    assert column_set == CASE_COLUMNS + list(DERIVED_COLUMNS)
-    assert list(derive_check_columns(make_cases()).columns) == [c for c in column_set]
-    assert {e["meta"]["severity"] for e in spec["expectations"]} == {"critical", "warning"}
-
-
-def test_ingested_synthetic_download_passes_the_suite(synth_data: Path, tmp_path: Path) -> None:
+def test_ingested_synthetic_download_passes(synth_data: Path, tmp_path: Path) -> None:
     report = ingest(synth_data / "cbis", synth_data / "normals", tmp_path / "cases", IngestConfig())
-    result = validate_cases(pd.read_parquet(report.cases_path), tmp_path / "docs", min_per_class=3)
+    result = validate(pd.read_parquet(report.cases_path), tmp_path / "docs", ValidateConfig(min_per_class=3))
     assert result.success, result.critical_failures
     assert result.warnings == []
