@@ -33,6 +33,8 @@ CLASS_NAMES: tuple[str, ...] = (
     "mass_malignant",
     "normal",
 )
+#: The paper's abbreviations of the classes (BC, MC, BM, MM, N), keyed by ``CLASS_NAMES``.
+CLASS_ABBREVIATIONS: dict[str, str] = dict(zip(CLASS_NAMES, ("BC", "MC", "BM", "MM", "N")))
 
 
 # -- value rules -------------------------------------------------------------------------------
@@ -241,6 +243,14 @@ class GateConfig:
     class_auc_floors: list[str] = field(default_factory=list)
     #: promote even if a check fails; the decision, the run summary and the model metadata say so
     force: bool = False
+    #: refuse a model that predicts one class for more than this share of the test patches (collapse)
+    max_single_class_fraction: float = 0.95
+    #: paired patient-level bootstrap resamples of the challenger-minus-champion difference on the
+    #: current test set (the champion's SavedModel is re-scored); 0 = compare with its recorded figure
+    paired_resamples: int = 1000
+    #: the gate report warns when the model's test macro AUC is not above the metadata-only shortcut
+    #: baseline's by at least this much
+    shortcut_margin: float = 0.05
 
     def __post_init__(self) -> None:
         self.class_floors()  # a typo in a floor fails at config time, not after training
@@ -281,6 +291,13 @@ class EvaluateConfig:
     #: fit a softmax temperature on validation and store it with the selected model; the gate's
     #: metrics stay those of the raw model outputs (what deploy serves unless it applies the temperature)
     temperature_scaling: bool = True
+    #: shortcut audit: a logistic regression on patch metadata only (crop side, padding, scanner, bit
+    #: depth, source), patient-grouped cross-validation with this many folds (0 = no audit)
+    shortcut_folds: int = 5
+    #: Grad-CAM overlays in the report: test patches per class and outcome (correct / wrong)
+    gradcam_per_class: int = 2
+    #: sliding-window heatmaps of full test images in the report: images per class (0 = none)
+    heatmap_images_per_class: int = 1
 
 
 @dataclass

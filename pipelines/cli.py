@@ -215,12 +215,20 @@ def cmd_bench_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from mammo.components.evaluate.logic import evaluate_model
+    from mammo.components.evaluate.logic import run
 
-    cfg = _config(args)
-    result = evaluate_model(Path(args.model) / "model.keras", args.dataset, args.out, args.backbone,
-                            cfg=cfg.evaluate, seed=cfg.seed)
-    _print_json({s: {k: result[s][k] for k in ("n", "accuracy", "macro_auc", "macro_f1")} for s in ("validation", "test")})
+    result = run(args.model, args.dataset, args.out, _config(args), args.backbone)
+    summary = {s: {k: result[s][k] for k in ("n", "accuracy", "macro_auc", "macro_f1")} for s in ("validation", "test")}
+    summary["shortcut_audit_macro_auc"] = (result.get("shortcut_audit") or {}).get("macro_auc")
+    _print_json(summary)
+
+
+def cmd_select_and_gate(args) -> None:
+    from mammo.components.select_and_gate.logic import run
+
+    d = run(args.evaluation, args.model, args.serving_root, args.out, args.selected_model, _config(args), args.dataset)
+    _print_json({k: getattr(d, k) for k in ("selected_backbone", "promoted", "forced", "reason", "metric", "value",
+                                            "champion_version", "champion_value", "champion_comparison", "notes")})
 
 
 def cmd_deploy(args) -> None:
@@ -370,11 +378,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="step: validation/test metrics of a trained model")
     p.add_argument("--model", required=True, help="train output folder")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--backbone", required=True)
+    p.add_argument("--dataset", required=True, help="balance_split output folder")
+    p.add_argument("--backbone", help="default: the train output's report")
     p.add_argument("--out", required=True)
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("select_and_gate", aliases=["gate"],
+                       help="step: select the best backbone on validation and decide its promotion")
+    p.add_argument("--evaluation", action="append", required=True, help="evaluate output folder (repeatable)")
+    p.add_argument("--model", action="append", required=True, help="train output folder (repeatable)")
+    p.add_argument("--dataset", help="balance_split output folder: the champion is re-scored on its test split "
+                                     "(without it the champion's recorded figure is used)")
+    p.add_argument("--serving-root", required=True, help="model repository TF Serving reads (path or gs://)")
+    p.add_argument("--out", required=True, help="decision folder (report.json, report.html)")
+    p.add_argument("--selected-model", required=True, help="folder receiving the selected model")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_select_and_gate)
 
     p = sub.add_parser("deploy", help="step: export a serving SavedModel and push a new version")
     p.add_argument("--model", required=True, help="train output folder")

@@ -1,4 +1,4 @@
-"""Evaluation metrics against scikit-learn / hand-computed values; intervals; calibration; subgroups."""
+"""The evaluate step: subgroups, the record and its report, the real step on TFRecords, the KFP body."""
 
 import json
 from dataclasses import asdict
@@ -6,23 +6,10 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn import metrics as skm
 
 from mammo.components.config import CLASS_NAMES, EvaluateConfig
-from mammo.components.evaluate.logic import (
-    apply_temperature,
-    bootstrap_ci,
-    brier_score,
-    compute_metrics,
-    evaluate_predictions,
-    expected_calibration_error,
-    fit_temperature,
-    rank_auc,
-    sample_attributes,
-    sensitivity_at_specificity,
-    subgroup_metrics,
-    weighted_aucs,
-)
+from mammo.components.evaluate.logic import evaluate_predictions, sample_attributes, subgroup_metrics
+from mammo.components.evaluate.metrics import compute_metrics
 from mammo.components.evaluate.report import render_html
 
 
@@ -38,179 +25,6 @@ def fixed_predictions(n=400, seed=0, signal=1.2):
     z = rng.normal(size=(n, 5))
     z[np.arange(n), y] += signal
     return y, softmax(z)
-
-
-# -- the paper's metrics ------------------------------------------------------------------------
-
-
-def test_perfect_predictions_give_auc_one_and_identity_confusion():
-    y = np.repeat(np.arange(5), 4)
-    probs = np.eye(5)[y] * 0.9 + 0.02
-    m = compute_metrics(y, probs)
-    assert m.accuracy == 1.0 and m.macro_auc == 1.0
-    assert m.confusion_matrix == (np.eye(5, dtype=int) * 4).tolist()
-    for pc in m.per_class.values():
-        assert pc["sensitivity"] == pc["specificity"] == pc["f1"] == 1.0
-
-
-def test_sensitivity_specificity_from_a_known_confusion():
-    # class 0: 3 true, 2 found; one class-1 sample predicted as 0
-    y = np.array([0, 0, 0, 1, 1, 2, 3, 4])
-    pred = np.array([0, 0, 1, 0, 1, 2, 3, 4])
-    probs = np.full((8, 5), 0.01)
-    probs[np.arange(8), pred] = 0.96
-    m = compute_metrics(y, probs)
-    c0 = m.per_class[CLASS_NAMES[0]]
-    assert c0["sensitivity"] == pytest.approx(2 / 3)
-    assert c0["specificity"] == pytest.approx(4 / 5)
-    assert c0["precision"] == pytest.approx(2 / 3)
-    assert c0["f1"] == pytest.approx(2 / 3)  # 2PR/(P+R) with P = R = 2/3
-    assert m.accuracy == pytest.approx(6 / 8)
-    assert m.confusion_matrix[1][0] == 1 and m.confusion_matrix[0][1] == 1
-
-
-def test_every_metric_matches_sklearn_on_fixed_predictions():
-    y, probs = fixed_predictions()
-    pred = probs.argmax(axis=1)
-    m = compute_metrics(y, probs)
-    labels = list(range(5))
-    assert m.accuracy == pytest.approx(skm.accuracy_score(y, pred))
-    assert m.confusion_matrix == skm.confusion_matrix(y, pred, labels=labels).tolist()
-    assert m.macro_auc == pytest.approx(skm.roc_auc_score(y, probs, multi_class="ovr", average="macro"))
-    recall = skm.recall_score(y, pred, labels=labels, average=None)
-    precision = skm.precision_score(y, pred, labels=labels, average=None)
-    f1 = skm.f1_score(y, pred, labels=labels, average=None)
-    for i, name in enumerate(CLASS_NAMES):
-        pc = m.per_class[name]
-        (tn, fp), (_fn, _tp) = skm.multilabel_confusion_matrix(y, pred, labels=labels)[i]
-        assert pc["sensitivity"] == pytest.approx(recall[i])
-        assert pc["specificity"] == pytest.approx(tn / (tn + fp))
-        assert pc["precision"] == pytest.approx(precision[i])
-        assert pc["f1"] == pytest.approx(f1[i])
-        assert pc["auc"] == pytest.approx(skm.roc_auc_score(y == i, probs[:, i]))
-    assert m.macro_f1 == pytest.approx(skm.f1_score(y, pred, average="macro"))
-    assert m.nll == pytest.approx(skm.log_loss(y, probs, labels=labels))
-
-
-def test_random_scores_give_auc_near_half():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 5, 2000)
-    m = compute_metrics(y, rng.dirichlet(np.ones(5), 2000))
-    assert 0.45 < m.macro_auc < 0.55
-
-
-def test_rank_and_weighted_auc_equal_sklearn_with_ties_and_repeats():
-    rng = np.random.default_rng(3)
-    scores = rng.integers(0, 6, 300) / 5.0  # many ties
-    positive = rng.random(300) < 0.3
-    assert rank_auc(positive, scores) == pytest.approx(skm.roc_auc_score(positive, scores))
-    weights = rng.integers(0, 3, (3, 300)).astype(float)
-    for row, w in zip(weighted_aucs(positive, scores, weights), weights):
-        idx = np.repeat(np.arange(300), w.astype(int))
-        assert row == pytest.approx(skm.roc_auc_score(positive[idx], scores[idx]))
-    assert np.isnan(rank_auc(np.zeros(5, bool), np.arange(5.0)))
-
-
-def test_sensitivity_at_fixed_specificity_hand_computed():
-    negatives = np.arange(10) / 10 + 0.05  # 0.05 ... 0.95
-    positives = np.array([0.99, 0.9, 0.8, 0.2])
-    scores = np.r_[negatives, positives]
-    is_pos = np.r_[np.zeros(10, bool), np.ones(4, bool)]
-    # specificity >= 0.90 allows one negative above the threshold (0.95): threshold 0.9 catches 0.99, 0.9
-    at90 = sensitivity_at_specificity(is_pos, scores, 0.90)
-    assert at90 == {"sensitivity": 0.5, "specificity": pytest.approx(0.9), "threshold": 0.9}
-    # specificity >= 0.95 allows no negative: only 0.99 is above the threshold
-    at95 = sensitivity_at_specificity(is_pos, scores, 0.95)
-    assert at95["sensitivity"] == 0.25 and at95["specificity"] == 1.0 and at95["threshold"] == 0.99
-
-
-def test_sensitivity_at_specificity_matches_a_brute_force_search():
-    y, probs = fixed_predictions(n=250, seed=4)
-    m = compute_metrics(y, probs, specificities=(0.8, 0.9, 0.95))
-    for i, name in enumerate(CLASS_NAMES):
-        pos, s = y == i, probs[:, i]
-        for spec in (0.8, 0.9, 0.95):
-            best = max([((s[pos] >= t).mean()) for t in np.r_[s, np.inf] if (s[~pos] < t).mean() >= spec - 1e-12])
-            assert m.per_class[name]["sensitivity_at_specificity"][f"{spec:.2f}"]["sensitivity"] == pytest.approx(best)
-
-
-# -- calibration --------------------------------------------------------------------------------
-
-
-def test_expected_calibration_error_hand_computed():
-    # top-class confidences 0.85, 0.85 (one right) and 0.55, 0.55 (both right), 10 bins:
-    # bin (0.8, 0.9]: |0.5 - 0.85| * 2/4; bin (0.5, 0.6]: |1.0 - 0.55| * 2/4  ->  0.175 + 0.225 = 0.4
-    probs = np.array([[0.85, 0.05, 0.05, 0.03, 0.02], [0.85, 0.05, 0.05, 0.03, 0.02],
-                      [0.55, 0.2, 0.1, 0.1, 0.05], [0.1, 0.55, 0.2, 0.1, 0.05]])
-    y = np.array([0, 1, 0, 1])
-    ece, bins = expected_calibration_error(y, probs, n_bins=10)
-    assert ece == pytest.approx(0.4)
-    assert [(b["count"], b["accuracy"]) for b in bins] == [(2, 1.0), (2, 0.5)]
-    assert bins[1]["confidence"] == pytest.approx(0.85) and bins[0]["low"] == pytest.approx(0.5)
-
-
-def test_brier_score_hand_computed():
-    probs = np.array([[0.6, 0.1, 0.1, 0.1, 0.1], [0.2, 0.2, 0.2, 0.2, 0.2]])
-    # (0.4^2 + 4 * 0.1^2) = 0.2 ; (0.8^2 + 4 * 0.2^2) = 0.8  ->  mean 0.5
-    assert brier_score(np.array([0, 1]), probs) == pytest.approx(0.5)
-
-
-def test_temperature_scaling_recovers_overconfidence_and_keeps_accuracy():
-    rng = np.random.default_rng(1)
-    n = 3000
-    true_logits = rng.normal(size=(n, 5)) * 1.5
-    p_true = softmax(true_logits)
-    y = np.array([rng.choice(5, p=row) for row in p_true])  # labels drawn from the calibrated model
-    overconfident = softmax(3.0 * true_logits)  # the model's logits are 3x too large
-    t = fit_temperature(y, overconfident)
-    assert t == pytest.approx(3.0, rel=0.1)
-    scaled = apply_temperature(overconfident, t)
-    assert (scaled.argmax(axis=1) == overconfident.argmax(axis=1)).all()
-    assert expected_calibration_error(y, scaled)[0] < 0.5 * expected_calibration_error(y, overconfident)[0]
-
-
-# -- uncertainty --------------------------------------------------------------------------------
-
-
-def _clustered(rng, n_patients, per_patient=3):
-    """Patches of one patient share most of their scores (as the CC/MLO patches of one lesion do)."""
-    yp = rng.integers(0, 5, n_patients)
-    v = rng.normal(0, 1, (n_patients, 5))
-    v[np.arange(n_patients), yp] += 1.2
-    z = np.repeat(v, per_patient, axis=0) + rng.normal(0, 0.35, (n_patients * per_patient, 5))
-    return np.repeat(yp, per_patient), softmax(z), np.repeat(np.arange(n_patients), per_patient)
-
-
-def test_patient_bootstrap_interval_covers_the_true_value_at_the_nominal_rate():
-    rng = np.random.default_rng(7)
-    y, p, _ = _clustered(rng, 60000)  # the population: its accuracy and macro AUC are the true values
-    true_acc = (p.argmax(axis=1) == y).mean()
-    true_auc = np.mean([rank_auc(y == i, p[:, i]) for i in range(5)])
-    trials, hits, patch_level_hits = 300, np.zeros(2), 0
-    for _ in range(trials):
-        y, p, patients = _clustered(rng, 150)
-        ci = bootstrap_ci(y, p, patients, n_resamples=200, seed=int(rng.integers(1 << 30)))
-        hits += [ci["accuracy"][0] <= true_acc <= ci["accuracy"][1],
-                 ci["macro_auc"][0] <= true_auc <= ci["macro_auc"][1]]
-        naive = bootstrap_ci(y, p, np.arange(len(y)), n_resamples=200, seed=int(rng.integers(1 << 30)))
-        patch_level_hits += naive["accuracy"][0] <= true_acc <= naive["accuracy"][1]
-    coverage = hits / trials
-    assert 0.895 <= coverage[0] <= 0.99 and 0.895 <= coverage[1] <= 0.99, coverage  # nominal 0.95
-    # resampling patches as if independent gives intervals that are too narrow on clustered data
-    assert patch_level_hits / trials < 0.87
-
-
-def test_bootstrap_is_reproducible_with_its_seed_and_brackets_the_estimate():
-    y, probs = fixed_predictions(n=200)
-    patients = np.arange(200) // 2
-    a = bootstrap_ci(y, probs, patients, n_resamples=300, seed=11)
-    assert a == bootstrap_ci(y, probs, patients, n_resamples=300, seed=11)
-    assert a != bootstrap_ci(y, probs, patients, n_resamples=300, seed=12)
-    m = compute_metrics(y, probs)
-    assert a["accuracy"][0] < m.accuracy < a["accuracy"][1]
-    assert a["macro_auc"][0] < m.macro_auc < a["macro_auc"][1]
-    assert a["n_patients"] == 100 and a["n_resamples"] == 300
-    assert bootstrap_ci(y, probs, patients, n_resamples=0) == {}
 
 
 # -- subgroups ----------------------------------------------------------------------------------
@@ -294,34 +108,46 @@ def _tiny_model_and_dataset(tmp_path):
             meta = {"patch_id": f"{split}{i}", "case_id": f"Mass-Test_P_{i // 2}_LEFT_{'CC' if i % 2 else 'MLO'}_1",
                     "patient_id": f"{split}P{i // 2}", "split": split, "source": "cbis-ddsm"}
             recs.append(serialize_patch(encode_png(img), label, meta))
-            rows.append({"patch_id": meta["patch_id"], "scanner": "HOWTEK"})
+            rows.append({"patch_id": meta["patch_id"], "scanner": "HOWTEK", "patient_id": meta["patient_id"],
+                         "label_index": label, "crop_size": 100 + i, "source": "cbis-ddsm", "bits_stored": 16})
         write_records(tmp_path / f"{split}.tfrecord", recs)
     pd.DataFrame(rows).to_parquet(tmp_path / "splits.parquet")
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
-                              keras.layers.Dense(5, activation="softmax")])
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5, activation="softmax")])
     (tmp_path / "model").mkdir()
     model.save(tmp_path / "model" / "model.keras")
     (tmp_path / "model" / "report.json").write_text(json.dumps({"step": "train", "backbone": "tiny", "seconds": 60.0}))
     return tmp_path / "model", tmp_path
 
 
-def test_evaluate_model_on_tfrecords_writes_consistent_outputs(tmp_path):
+def test_evaluate_run_on_tfrecords_writes_consistent_outputs(tmp_path):
     """The real step: a tiny Keras model over real TFRecords (no mocks), outputs read back."""
-    from mammo.components.evaluate.logic import evaluate_model
+    from mammo.components.config import load_config
+    from mammo.components.contracts import read_report
+    from mammo.components.evaluate.logic import run
 
     model_dir, dataset = _tiny_model_and_dataset(tmp_path)
     out = tmp_path / "eval"
-    result = evaluate_model(model_dir / "model.keras", dataset, out, "tiny", {"seconds": 60.0},
-                            EvaluateConfig(bootstrap_resamples=20), seed=1)
+    cfg = load_config("demo", overrides=["evaluate.bootstrap_resamples=20", "evaluate.shortcut_folds=3", "seed=1"])
+    result = run(model_dir, dataset, out, cfg)  # the backbone comes from the train report
     on_disk = json.loads((out / "metrics.json").read_text())
+    assert read_report(out)["step"] == "evaluate" and result["backbone"] == "tiny"
     assert on_disk["test"]["accuracy"] == result["test"]["accuracy"] and on_disk["train"]["seconds"] == 60.0
     preds = pd.read_parquet(out / "predictions.parquet")
     test = preds[preds["split"] == "test"]
     probs = test[[f"p_{c}" for c in CLASS_NAMES]].to_numpy()
     assert len(test) == 20 and on_disk["test"]["accuracy"] == pytest.approx((probs.argmax(1) == test["label"]).mean())
     assert on_disk["test"]["subgroups"]["scanner"]["groups"][0]["value"] == "HOWTEK"
-    assert "<svg" in (out / "report.html").read_text()
+    audit = on_disk["shortcut_audit"]
+    assert audit["available"] and audit["model_macro_auc"] == on_disk["test"]["macro_auc"]
+    assert set(audit["features"]) == {"crop_side_px", "scanner", "bits_stored", "image_source"}
+    assert "padding_fraction" in audit["missing_features"]
+    page = (out / "report.html").read_text()
+    assert "<svg" in page and "Shortcut audit" in page
+    # Grad-CAM overlays: a sample of test patches per class, embedded as PNG data
+    assert on_disk["explanations"]["gradcam"]["available"] and page.count("alt=\"Grad-CAM of") >= 5
 
 
 def test_evaluate_component_body_logs_kfp_metrics_confusion_matrix_and_roc(tmp_path):

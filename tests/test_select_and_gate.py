@@ -5,16 +5,22 @@ import json
 import pytest
 
 from mammo.components.config import CLASS_NAMES, GateConfig, load_config
-from mammo.components.evaluate.report import render_gate_html
 from mammo.components.select_and_gate.logic import decide, model_metadata, select_best, write_calibration
+from mammo.components.select_and_gate.report import render_gate_html
 
 
-def ev(name, val_auc, val_acc, test_auc, class_aucs=None, ci=None):
+def ev(name, val_auc, val_acc, test_auc, class_aucs=None, ci=None, predicted=None):
+    """An evaluation record; ``predicted``: how many of 100 test patches land in each class (balanced)."""
+    predicted = predicted or [20] * 5
+    cm = [[0] * 5 for _ in range(5)]
+    for j, count in enumerate(predicted):
+        for k in range(count):
+            cm[k % 5][j] += 1
     per_class = {c: {"auc": (class_aucs or {}).get(c, test_auc), "sensitivity": 0.7, "specificity": 0.9, "f1": 0.7,
                      "sensitivity_at_specificity": {"0.90": {"sensitivity": 0.6}}} for c in CLASS_NAMES}
     return {"backbone": name, "validation": {"macro_auc": val_auc, "accuracy": val_acc, "macro_f1": 0.5},
             "test": {"macro_auc": test_auc, "accuracy": 0.5, "macro_f1": 0.5, "per_class": per_class,
-                     "ci": ci or {}},
+                     "ci": ci or {}, "confusion_matrix": cm},
             "train": {"seconds": 120.0}}
 
 
@@ -56,7 +62,7 @@ def test_push_when_above_threshold_and_no_champion():
     d = decide([ev("a", 0.95, 0.7, 0.93)], None, CFG)
     assert d.promoted and d.selected_backbone == "a" and d.champion_value is None
     assert "no champion" in d.reason and ">= threshold 0.9000" in d.reason
-    assert [c["passed"] for c in d.checks] == [True]  # first run: the absolute threshold only
+    assert [c["passed"] for c in d.checks] == [True, True]  # first run: the absolute checks only
 
 
 def test_no_push_when_below_threshold_on_first_run():
@@ -64,21 +70,94 @@ def test_no_push_when_below_threshold_on_first_run():
     assert not d.promoted and not d.would_promote and "< threshold" in d.reason
 
 
+# -- the champion's recorded figure (the fallback when it cannot be re-scored) ---------------------
+
+UNSCORED = {"available": False, "reason": "champion v3 could not be loaded from /x/3: OSError: no saved_model.pb"}
+
+
 def test_push_when_better_than_champion():
-    d = decide([ev("a", 0.95, 0.7, 0.96)], champion(0.95), CFG)
+    d = decide([ev("a", 0.95, 0.7, 0.96)], champion(0.95), CFG, UNSCORED)
     assert d.promoted and d.champion_value == 0.95 and d.champion_version == 3
-    assert "the champion's 0.9500" in d.reason and len(d.checks) == 2
+    assert "the champion's recorded 0.9500" in d.reason and len(d.checks) == 3
+    assert any(n.startswith("champion v3 could not be loaded") and "recorded test macro_auc 0.9500 instead" in n
+               for n in d.notes)  # the fallback says so
 
 
 def test_no_push_when_worse_than_champion_beyond_tolerance():
-    d = decide([ev("a", 0.95, 0.7, 0.92)], champion(0.95), CFG)
+    d = decide([ev("a", 0.95, 0.7, 0.92)], champion(0.95), CFG, UNSCORED)
     assert not d.promoted and "champion" in d.reason and d.champion_value == 0.95 and d.champion_version == 3
-    assert [c["passed"] for c in d.checks] == [True, False]  # above the threshold, but worse than the champion
+    assert [c["passed"] for c in d.checks] == [True, True, False]  # above the threshold, but worse than the champion
 
 
 def test_push_when_slightly_worse_than_champion_within_allowed_drop():
-    d = decide([ev("a", 0.95, 0.7, 0.945)], champion(0.95), CFG)
+    d = decide([ev("a", 0.95, 0.7, 0.945)], champion(0.95), CFG, UNSCORED)
     assert d.promoted and "within 0.0100" in d.reason
+
+
+# -- the champion re-scored on this test set: the paired interval decides -------------------------
+
+
+def paired(challenger, champ, low, high):
+    return {"available": True, "champion_version": 3, "metric": "macro_auc", "challenger": challenger,
+            "champion": champ, "difference": challenger - champ, "interval": [low, high], "level": 0.95,
+            "method": "paired patient-level percentile bootstrap", "n": 600, "n_patients": 300, "n_resamples": 1000,
+            "seed": 0}
+
+
+def test_paired_comparison_on_todays_data_replaces_the_recorded_figure():
+    # recorded 0.99 on its own test set; on today's, the champion scores 0.91 and the challenger 0.95
+    d = decide([ev("a", 0.95, 0.7, 0.95)], champion(0.99), CFG, paired(0.95, 0.91, 0.02, 0.06))
+    assert d.promoted and d.champion_value == 0.91
+    assert "vs champion v3 0.9100: difference +0.0400" in d.reason and "[+0.0200, +0.0600]" in d.reason
+    assert d.champion_comparison["interval"] == [0.02, 0.06]
+
+
+def test_within_noise_a_slightly_lower_point_estimate_is_promoted_when_the_interval_allows():
+    # the point estimate is 0.005 below the champion; the lower bound -0.008 is above -max_auc_drop
+    d = decide([ev("a", 0.95, 0.7, 0.945)], champion(0.95), CFG, paired(0.945, 0.95, -0.008, 0.003))
+    assert d.promoted and "lower bound above -max_auc_drop" in d.reason
+
+
+def test_a_point_estimate_within_the_drop_is_refused_when_the_interval_reaches_below_it():
+    # the recorded-figure rule would promote (0.945 >= 0.95 - 0.01); the paired interval does not
+    d = decide([ev("a", 0.95, 0.7, 0.945)], champion(0.95), CFG, paired(0.945, 0.95, -0.03, 0.02))
+    assert not d.promoted and "not above -max_auc_drop -0.0100" in d.reason
+    assert decide([ev("a", 0.95, 0.7, 0.945)], champion(0.95), CFG, UNSCORED).promoted
+
+
+# -- degenerate models ---------------------------------------------------------------------------
+
+
+def test_no_push_when_the_model_collapsed_to_one_class():
+    d = decide([ev("a", 0.95, 0.7, 0.93, predicted=[1, 1, 1, 1, 96])], None, CFG)
+    assert not d.promoted
+    assert d.reason == "the model collapsed: it predicts normal for 96.0% of the test patches (more than 95%)"
+    assert decide([ev("a", 0.95, 0.7, 0.93, predicted=[2, 1, 1, 1, 95])], None, CFG).promoted  # 95% is allowed
+
+
+def test_undefined_class_auc_is_noted_and_fails_its_floor_with_the_reason():
+    e = ev("a", 0.95, 0.7, 0.93)
+    e["test"]["per_class"]["normal"].update(auc=float("nan"), auc_undefined="AUC of normal undefined: no normal "
+                                                                             "patch in this split")
+    e["test"]["undefined_auc"] = ["AUC of normal undefined: no normal patch in this split"]
+    d = decide([e], None, GateConfig(auc_threshold=0.9, class_auc_floors=["normal:0.8"]))
+    assert not d.promoted and "no normal patch in this split" in d.reason
+    assert "AUC of normal undefined: no normal patch in this split" in d.notes
+
+
+def test_shortcut_warning_when_the_model_is_not_clearly_above_the_metadata_baseline():
+    e = ev("a", 0.95, 0.7, 0.93)
+    e["shortcut_audit"] = {"available": True, "macro_auc": 0.91, "model_macro_auc": 0.93, "model_minus_shortcut": 0.02,
+                           "features": {"crop_side_mm": "column 'crop_mm'"}}
+    d = decide([e], None, CFG)
+    assert d.promoted  # a warning, not a refusal
+    warning = next(n for n in d.notes if n.startswith("WARNING shortcut"))
+    assert "macro AUC 0.9100" in warning and "crop_side_mm" in warning
+    page = render_gate_html(d.to_dict(), [full_ev("a", 0.95, 0.7, 0.93) | {"shortcut_audit": e["shortcut_audit"]}])
+    assert "box warn\">WARNING shortcut" in page
+    e["shortcut_audit"]["model_minus_shortcut"] = 0.2
+    assert not any(n.startswith("WARNING") for n in decide([e], None, CFG).notes)
+    assert model_metadata(d, e)["shortcut_audit"]["macro_auc"] == 0.91  # deploy's model card reads it
 
 
 def test_no_push_when_a_class_auc_is_below_its_floor():
@@ -93,7 +172,7 @@ def test_no_push_when_a_class_auc_is_below_its_floor():
 def test_push_when_every_class_clears_its_floor():
     cfg = GateConfig(auc_threshold=0.9, class_auc_floors=["mass_malignant:0.9"])
     d = decide([ev("a", 0.95, 0.7, 0.95)], None, cfg)
-    assert d.promoted and len(d.checks) == 2
+    assert d.promoted and len(d.checks) == 3  # threshold, collapse, the floor
 
 
 def test_unknown_class_floor_is_rejected_when_the_config_is_read():
@@ -118,7 +197,7 @@ def test_forced_push_is_promoted_and_recorded_as_forced():
 
 
 def test_champion_without_a_record_is_noted_and_only_the_threshold_applies():
-    d = decide([ev("a", 0.95, 0.7, 0.93)], {"version": 7, "path": "/x/7"}, CFG)
+    d = decide([ev("a", 0.95, 0.7, 0.93)], {"version": 7, "path": "/x/7"}, CFG, UNSCORED)
     assert d.promoted and d.champion_value is None and d.champion_version == 7
     assert any("version 7 has no recorded test macro_auc" in n for n in d.notes)
 
@@ -141,7 +220,7 @@ def test_model_metadata_keeps_the_champion_key_and_the_evidence():
     assert meta["test_metrics"]["per_class"]["normal"]["sensitivity_at_specificity"] == {"0.90": 0.6}
     assert meta["calibration"]["temperature"] == 1.7 and meta["gate"]["promoted"] is True
     # what deploy stores is read back by the next gate as the champion
-    again = decide([ev("b", 0.95, 0.7, 0.90)], {**meta, "version": 1}, CFG)
+    again = decide([ev("b", 0.95, 0.7, 0.90)], {**meta, "version": 1}, CFG, UNSCORED)
     assert again.champion_value == 0.93 and not again.promoted
     json.dumps(meta)
 
@@ -158,9 +237,10 @@ def test_calibration_is_written_next_to_the_selected_model(tmp_path):
 
 def test_gate_report_shows_the_decision_before_the_comparison_table():
     evals = [full_ev("a", 0.95, 0.7, 0.92), full_ev("b", 0.90, 0.8, 0.97)]
-    d = decide(evals, champion(0.95), CFG)
+    d = decide(evals, champion(0.95), CFG, UNSCORED)
     page = render_gate_html(d.to_dict(), evals)
     assert page.index("NOT PROMOTED") < page.index("worse than the champion") < page.index("<h2>Backbones")
+    assert "Not re-scored: champion v3 could not be loaded" in page
     assert "training time (min)" in page and "2.0" in page and "champion v3" in page
     assert page.count("&#10004;") == 1  # one selected row
 

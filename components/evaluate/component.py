@@ -20,23 +20,16 @@ from mammo.components.config import CPU_IMAGE
 def evaluate(model: Input[Model], dataset: Input[Dataset], backbone: str, evaluation: Output[Artifact],
                 metrics: Output[Metrics], classification: Output[ClassificationMetrics], report: Output[HTML],
                 config: dict = {}):
-    """Validation and test metrics with intervals and calibration; KFP Metrics, ClassificationMetrics, HTML."""
-    import json
+    """Validation and test metrics with intervals, calibration and the shortcut audit; KFP Metrics,
+    ClassificationMetrics, HTML (logic: :func:`mammo.components.evaluate.logic.run`)."""
     import math
-    import shutil
-    from pathlib import Path
 
     from mammo.components.config import CLASS_NAMES, Config
-    from mammo.components.evaluate.logic import evaluate_model
-    from mammo.components.runtime import artifact_dir, setup_logging
+    from mammo.components.evaluate.logic import run
+    from mammo.components.runtime import setup_logging
 
     setup_logging()
-    cfg = Config.from_dict(config)
-    out = artifact_dir(evaluation.path)
-    train_report = json.loads((Path(model.path) / "report.json").read_text())
-    result = evaluate_model(Path(model.path) / "model.keras", dataset.path, out, backbone, train_report,
-                            cfg.evaluate, cfg.seed)
-    shutil.copyfile(out / "report.html", report.path)
+    result = run(model.path, dataset.path, evaluation.path, Config.from_dict(config), backbone, report.path)
 
     def log(key: str, value) -> None:  # KFP metadata is JSON: skip undefined values
         if value is not None and math.isfinite(float(value)):
@@ -62,5 +55,9 @@ def evaluate(model: Input[Model], dataset: Input[Dataset], backbone: str, evalua
     if test.get("micro_roc"):
         roc = test["micro_roc"]
         classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
+    audit = result.get("shortcut_audit") or {}
+    if audit.get("available"):
+        log("shortcut_audit_macro_auc", audit["macro_auc"])
     evaluation.metadata.update({"backbone": backbone, "test_macro_auc": test["macro_auc"],
-                                "test_accuracy": test["accuracy"]})
+                                "test_accuracy": test["accuracy"],
+                                "shortcut_audit_macro_auc": audit.get("macro_auc")})

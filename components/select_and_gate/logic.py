@@ -5,31 +5,38 @@ stable tie-break), so the test split stays an unbiased estimate. The selected mo
 only if every check on the **test** split passes:
 
 1. its ``metric`` (macro AUC by default) is defined and at least ``auc_threshold``;
-2. when a champion (the model currently served) has a recorded test ``metric``: it is not lower
-   than the champion's by more than ``max_auc_drop``;
-3. when ``class_auc_floors`` are set: each named class's one-vs-rest test AUC is at least its floor.
+2. it has not collapsed: no class receives more than ``max_single_class_fraction`` of the test
+   patches' predictions;
+3. when a champion (the model currently served) exists: it is not worse than the champion by more
+   than ``max_auc_drop``, judged on **today's test set**: the champion's SavedModel is re-scored on
+   it and the lower bound of the paired patient-level bootstrap interval of ``challenger -
+   champion`` must be above ``-max_auc_drop`` (:mod:`mammo.components.select_and_gate.champion`).
+   When the champion cannot be scored, its recorded test ``metric`` is the fallback (point
+   estimates, as before) and the decision says so;
+4. when ``class_auc_floors`` are set: each named class's one-vs-rest test AUC is at least its floor.
 
-First run (nothing served): the absolute checks only. A served version without an evaluation record
-(pushed by something else) cannot be compared: the decision says so in its notes. ``force`` promotes
-whatever the checks say, and the decision records that it was forced and what the checks said.
+First run (nothing served): the absolute checks only. ``force`` promotes whatever the checks say,
+and the decision records that it was forced and what the checks said. The evaluation's shortcut
+audit is not a check but a warning: when the model's test macro AUC is not above the metadata-only
+baseline's by ``shortcut_margin``, the notes (and the report) say so.
 
 Every decision carries its reason and the list of checks, so a run that does not promote says why.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
-from mammo.components.config import CLASS_NAMES, GateConfig
+from mammo.components.config import CLASS_NAMES, Config, GateConfig
+from mammo.components.contracts import (CALIBRATION, METRICS, REPORT_HTML, read_json, read_report, write_json,
+                                        write_report)
 
 log = logging.getLogger(__name__)
-
-#: written next to the selected model when its evaluation fitted a temperature
-CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass
@@ -56,6 +63,11 @@ class GateDecision:
     #: the champion's description as deploy stored it (version, backbone, metrics), or None
     champion: dict | None = None
     candidates: list[dict] = field(default_factory=list)
+    #: the paired comparison with the champion on this test set (``available: false`` + ``reason``
+    #: when the recorded figure was used instead); None without a champion
+    champion_comparison: dict | None = None
+    #: the selected model's shortcut audit beside its test macro AUC (from its evaluation)
+    shortcut_audit: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,13 +101,80 @@ def _check(name: str, value, required: str, passed: bool, detail: str) -> dict:
     return {"check": name, "value": value, "required": required, "passed": bool(passed), "detail": detail}
 
 
-def decide(evaluations: list[dict], champion: dict | None, cfg: GateConfig) -> GateDecision:
-    """Select on validation, then run the gate's checks on the selected model's test metrics."""
+def collapsed_class(test: dict, limit: float) -> tuple[str, float] | None:
+    """(class, share) when one class receives more than ``limit`` of the test predictions, else None."""
+    cm = test.get("confusion_matrix") or []
+    total = sum(sum(row) for row in cm)
+    if not total:
+        return None
+    shares = [sum(row[j] for row in cm) / total for j in range(len(CLASS_NAMES))]
+    j = max(range(len(shares)), key=shares.__getitem__)
+    return (CLASS_NAMES[j], shares[j]) if shares[j] > limit else None
+
+
+def _champion_check(value: float, champion: dict, comparison: dict | None, cfg: GateConfig,
+                    notes: list[str]) -> tuple[dict | None, float | None]:
+    """The champion check (paired on this test set, else the recorded figure) and the champion's value."""
+    metric, drop, version = cfg.metric, cfg.max_auc_drop, champion.get("version")
+    if comparison and comparison.get("available"):
+        low, high = comparison["interval"]
+        diff, champ = comparison["difference"], comparison["champion"]
+        level = 100 * comparison.get("level", 0.95)
+        ok = _defined(low) and low > -drop
+        detail = (f"on this test set {metric} {comparison['challenger']:.4f} vs champion v{version} {champ:.4f}: "
+                  f"difference {diff:+.4f}, {level:.0f}% paired interval [{low:+.4f}, {high:+.4f}]; lower bound "
+                  + (f"above -max_auc_drop {-drop:.4f}" if ok else f"not above -max_auc_drop {-drop:.4f}"))
+        return _check(f"test {metric} vs champion v{version} (paired, this test set)", diff,
+                      f"interval lower bound > {-drop:.4f}", ok, detail), champ
+    recorded = champion_value(champion, metric)
+    why = (comparison or {}).get("reason", "no paired comparison")
+    if recorded is None:
+        notes.append(f"champion version {version} has no recorded test {metric} and {why}: "
+                     "it cannot be compared, absolute threshold only")
+        return None, None
+    notes.append(f"{why}; compared with the champion's recorded test {metric} {recorded:.4f} instead "
+                 "(measured on the test set of its own run)")
+    if math.isnan(value):
+        return None, recorded
+    ok = value >= recorded - drop
+    detail = (f"test {metric} {value:.4f} is within {drop:.4f} of the champion's recorded {recorded:.4f}"
+              if ok and value < recorded else
+              f"test {metric} {value:.4f} >= the champion's recorded {recorded:.4f}" if ok else
+              f"test {metric} {value:.4f} is worse than the champion's recorded {recorded:.4f} by more than "
+              f"max_auc_drop {drop:.4f}")
+    return _check(f"test {metric} vs champion v{version} (recorded figure)", value,
+                  f">= {recorded - drop:.4f} (champion {recorded:.4f} - {drop:.4f})", ok, detail), recorded
+
+
+def shortcut_note(evaluation: dict, margin: float) -> str | None:
+    """A warning when the model is not clearly above the metadata-only baseline (else None)."""
+    audit = evaluation.get("shortcut_audit") or {}
+    if not audit.get("available"):
+        return None
+    diff = audit.get("model_minus_shortcut")
+    if diff is not None and _defined(diff) and diff >= margin:
+        return None
+    return (f"WARNING shortcut: a classifier on patch metadata only ({', '.join(audit.get('features', {}))}) "
+            f"reaches macro AUC {audit['macro_auc']:.4f}, the model {_fmt(audit.get('model_macro_auc'))}: the model is "
+            f"not above it by gate.shortcut_margin {margin:.4f}; it may read the field of view, not the tissue")
+
+
+def _fmt(x) -> str:
+    return f"{float(x):.4f}" if _defined(x) else "undefined"
+
+
+def decide(evaluations: list[dict], champion: dict | None, cfg: GateConfig,
+           comparison: dict | None = None) -> GateDecision:
+    """Select on validation, then run the gate's checks on the selected model's test metrics.
+
+    ``comparison`` is the paired comparison with the champion on this test set
+    (:func:`mammo.components.select_and_gate.champion.compare_with_champion`); without one (or
+    ``available: false``) the champion's recorded figure is used and the notes say why.
+    """
     best = select_best(evaluations)
     metric, test = cfg.metric, best["test"]
     raw = test.get(metric)
     value = float(raw) if _defined(raw) else float("nan")
-    champ = champion_value(champion, metric)
     floors = cfg.class_floors()
     checks: list[dict] = []
     notes: list[str] = []
@@ -109,28 +188,38 @@ def decide(evaluations: list[dict], champion: dict | None, cfg: GateConfig) -> G
         checks.append(_check(f"test {metric} >= threshold", value, f">= {cfg.auc_threshold:.4f}", ok,
                              f"test {metric} {value:.4f} {'>=' if ok else '<'} threshold {cfg.auc_threshold:.4f}"))
 
-    # 2. the champion (only when one is served and its record has the metric)
-    if champion is None:
-        notes.append("no champion served yet: absolute threshold only")
-    elif champ is None:
-        notes.append(f"champion version {champion.get('version')} has no recorded test {metric}: "
-                     "it cannot be compared, absolute threshold only")
-    elif not math.isnan(value):
-        ok = value >= champ - cfg.max_auc_drop
-        detail = (f"test {metric} {value:.4f} is within {cfg.max_auc_drop:.4f} of the champion's {champ:.4f}"
-                  if ok and value < champ else
-                  f"test {metric} {value:.4f} >= the champion's {champ:.4f}" if ok else
-                  f"test {metric} {value:.4f} is worse than the champion's {champ:.4f} by more than "
-                  f"max_auc_drop {cfg.max_auc_drop:.4f}")
-        checks.append(_check(f"test {metric} vs champion v{champion.get('version')}", value,
-                             f">= {champ - cfg.max_auc_drop:.4f} (champion {champ:.4f} - {cfg.max_auc_drop:.4f})",
-                             ok, detail))
+    # 2. a collapsed model (one class for almost every patch)
+    collapsed = collapsed_class(test, cfg.max_single_class_fraction)
+    if collapsed:
+        name, share = collapsed
+        checks.append(_check("no class predicted for most test patches", share,
+                             f"<= {cfg.max_single_class_fraction:.2f} per class", False,
+                             f"the model collapsed: it predicts {name} for {100 * share:.1f}% of the test patches "
+                             f"(more than {100 * cfg.max_single_class_fraction:.0f}%)"))
+    elif not test.get("confusion_matrix"):
+        notes.append("the evaluation has no test confusion matrix: the collapse check was not run")
+    else:
+        checks.append(_check("no class predicted for most test patches", None,
+                             f"<= {cfg.max_single_class_fraction:.2f} per class", True,
+                             f"no class receives more than {100 * cfg.max_single_class_fraction:.0f}% of the "
+                             "test predictions"))
 
-    # 3. per-class AUC floors
+    # 3. the champion
+    champ = None
+    if champion is None:
+        notes.append("no champion served yet: absolute checks only")
+    else:
+        check, champ = _champion_check(value, champion, comparison, cfg, notes)
+        if check:
+            checks.append(check)
+
+    # 4. per-class AUC floors
     for name, floor in floors.items():
-        auc = (test.get("per_class", {}).get(name) or {}).get("auc")
+        pc = test.get("per_class", {}).get(name) or {}
+        auc = pc.get("auc")
         ok = _defined(auc) and float(auc) >= floor
-        shown = f"{float(auc):.4f}" if _defined(auc) else "undefined"
+        shown = f"{float(auc):.4f}" if _defined(auc) else "undefined" + (f" ({pc['auc_undefined']})"
+                                                                           if pc.get("auc_undefined") else "")
         checks.append(_check(f"test AUC of {name} >= floor", float(auc) if _defined(auc) else None,
                              f">= {floor:.4f}", ok,
                              f"test AUC of {name} {shown} {'>=' if ok else '<'} floor {floor:.4f}"))
@@ -139,6 +228,10 @@ def decide(evaluations: list[dict], champion: dict | None, cfg: GateConfig) -> G
     if ci and _defined(ci[0]) and ci[0] < cfg.auc_threshold <= value:
         notes.append(f"the {100 * test['ci'].get('level', 0.95):.0f}% interval of test {metric} "
                      f"[{ci[0]:.4f}, {ci[1]:.4f}] reaches below the threshold {cfg.auc_threshold:.4f}")
+    notes += list(test.get("undefined_auc") or [])
+    warning = shortcut_note(best, cfg.shortcut_margin)
+    if warning:
+        notes.append(warning)
 
     failed = [c for c in checks if not c["passed"]]
     would_promote = not failed
@@ -157,6 +250,8 @@ def decide(evaluations: list[dict], champion: dict | None, cfg: GateConfig) -> G
         promoted=would_promote or cfg.force, reason=reason, forced=cfg.force, would_promote=would_promote,
         max_auc_drop=cfg.max_auc_drop, class_floors=floors, checks=checks, notes=notes, value_ci=ci,
         champion=_champion_summary(champion), candidates=_candidates(evaluations, metric),
+        champion_comparison=comparison if champion is not None else None,
+        shortcut_audit=best.get("shortcut_audit"),
     )
 
 
@@ -210,8 +305,18 @@ def model_metadata(decision: GateDecision, evaluation: dict) -> dict:
                         if cal else None),
         "gate": {k: getattr(decision, k) for k in ("metric", "value", "threshold", "champion_value",
                                                    "champion_version", "max_auc_drop", "class_floors", "promoted",
-                                                   "forced", "would_promote", "reason", "checks", "notes")},
+                                                   "forced", "would_promote", "reason", "checks", "notes",
+                                                   "champion_comparison")},
+        "shortcut_audit": _shortcut_summary(evaluation.get("shortcut_audit")),
     }
+
+
+def _shortcut_summary(audit: dict | None) -> dict | None:
+    """The shortcut audit as the model card shows it (no per-fold detail)."""
+    if not audit:
+        return None
+    return {k: audit.get(k) for k in ("available", "macro_auc", "model_macro_auc", "model_minus_shortcut",
+                                      "features", "missing_features", "method", "note") if k in audit}
 
 
 def _class_summary(pc: dict) -> dict:
@@ -226,10 +331,48 @@ def write_calibration(model_dir: str | Path, evaluation: dict) -> Path | None:
     cal = evaluation.get("calibration")
     if not cal:
         return None
-    path = Path(model_dir) / CALIBRATION_FILE
     record = {"temperature": cal["temperature"], "method": cal["method"],
               "apply_as": "softmax(log(probabilities) / temperature)",
               **{k: cal[k] for k in ("validation_nll_before", "validation_nll_after", "test_ece_before",
                                      "test_ece_after", "test_nll_before", "test_nll_after")}}
-    path.write_text(json.dumps(record, indent=2))
-    return path
+    return write_json(Path(model_dir) / CALIBRATION, record)
+
+
+def run(evaluations: Sequence[str | Path], models: Sequence[str | Path], serving_root: str | Path,
+        decision_dir: str | Path, selected_model: str | Path, cfg: Config, dataset: str | Path | None = None,
+        report_html: str | Path | None = None) -> GateDecision:
+    """The select_and_gate step.
+
+    Reads each evaluation's ``metrics.json`` and each train output's report (for its backbone),
+    selects on validation, re-scores the served champion on ``dataset``'s test split (None: the
+    recorded figure is used, and the decision says so), decides, and writes ``decision_dir``'s
+    ``report.json`` (the decision, its checks, ``model_metadata`` for deploy and every evaluation)
+    and ``report.html`` (also copied to ``report_html``). The selected train output is copied to
+    ``selected_model`` with its ``calibration.json``.
+    """
+    from mammo.components.select_and_gate.champion import compare_with_champion, current_champion
+    from mammo.components.select_and_gate.report import render_gate_html
+
+    eval_dirs = {read_json(Path(e) / METRICS)["backbone"]: Path(e) for e in evaluations}
+    evals = [read_json(d / METRICS) for d in eval_dirs.values()]
+    best = select_best(evals)
+    champion = current_champion(serving_root, cfg.deploy.model_name)
+    comparison = (compare_with_champion(champion, eval_dirs[best["backbone"]], dataset, cfg)
+                  if champion is not None else None)
+    result = decide(evals, champion, cfg.gate, comparison)
+    out = Path(decision_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out, "select_and_gate", {**result.to_dict(), "model_metadata": model_metadata(result, best),
+                                          "evaluations": evals})
+    page = render_gate_html(result.to_dict(), evals)
+    (out / REPORT_HTML).write_text(page)
+    if report_html is not None:
+        Path(report_html).write_text(page)
+    model_dirs = {read_report(m)["backbone"]: Path(m) for m in models}
+    if result.selected_backbone not in model_dirs:
+        raise ValueError(f"no train output for the selected backbone {result.selected_backbone!r} among "
+                         f"{sorted(model_dirs)}")
+    shutil.copytree(model_dirs[result.selected_backbone], selected_model, dirs_exist_ok=True)
+    write_calibration(selected_model, best)
+    log.info("selected %s; promoted=%s: %s", result.selected_backbone, result.promoted, result.reason)
+    return result
