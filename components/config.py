@@ -312,6 +312,20 @@ class DeployConfig:
     check_prediction: bool = True
     #: complete versions kept in the model repository after a successful deploy (0 = keep all)
     keep_versions: NonNegativeInt = 5
+    #: pixel budget (rows x columns, read from the header before decoding) of an image sent to the
+    #: serving signatures and read by ``mammo predict``; full-field mammograms are 10-40 MP
+    max_image_pixels: PositiveInt = 64_000_000
+    #: seconds a TF Serving request (REST / gRPC) and a gs:// image read by ``mammo predict`` may take
+    request_timeout_s: PositiveFloat = 30.0
+    #: whole-image heatmaps: window step as a share of the window side (windows are the patches'
+    #: physical size, ``patches.normal_crop_mm``, unless the model records its own ``patch_mm``)
+    heatmap_stride: PositiveFloat = 0.5
+    #: windows per request / per local call
+    heatmap_batch: PositiveInt = 32
+    #: a window is scored when at least this share of it lies in the breast mask
+    heatmap_min_breast_fraction: Fraction = 0.5
+    #: regions listed per image (highest probability, distinct places)
+    heatmap_top_regions: NonNegativeInt = 5
 
 
 @dataclass

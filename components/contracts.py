@@ -75,6 +75,11 @@ ASSETS_EXTRA = "assets.extra"
 MODEL_RECORD = "mammo_model.json"
 EVALUATION_RECORD = "evaluation.json"
 MODEL_CARD = "model_card.md"
+WARMUP_REQUESTS = "tf_serving_warmup_requests"  # TF Serving's fixed name, inside assets.extra
+# mammo predict --heatmap DIR: per image <stem> + these suffixes
+HEATMAP_OVERLAY = ".heatmap.png"
+HEATMAP_MAPS = ".maps.npy"
+HEATMAP_REGIONS = ".regions.json"
 # ingest inputs (the dataset's own names, not ours, but read in several places)
 CBIS_CSVS = ("mass_case_description_train_set.csv", "mass_case_description_test_set.csv",
              "calc_case_description_train_set.csv", "calc_case_description_test_set.csv")

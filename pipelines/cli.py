@@ -119,18 +119,24 @@ def cmd_schedule(args) -> None:
           f"pipeline version {done.version_name}) on {args.host}: {done.url}")
 
 
-def cmd_predict(args) -> None:
+def cmd_predict(args) -> int:
     from mammo.components.deploy import predict
 
-    if args.model:
-        results = predict.predict_local(args.model, args.images, signature=args.signature, size=args.size)
-    elif args.server:
-        results = predict.predict_grpc(args.server, args.model_name, args.images, args.size,
-                                       version=args.version, signature=args.signature)
+    cfg = _config(args)
+    backend = predict.open_backend(args.model, args.server, args.rest, args.model_name, args.version,
+                                   cfg.deploy.request_timeout_s)
+    if args.heatmap:
+        results = predict.heatmap_files(backend, args.images, args.heatmap, cfg, patch_mm=args.patch_mm,
+                                        pixel_spacing_mm=args.pixel_spacing_mm, stride=args.stride,
+                                        batch=args.batch, size=args.size, progress=True)
     else:
-        results = predict.predict_rest(args.rest, args.model_name, args.images, args.size,
-                                       version=args.version, signature=args.signature)
+        results = predict.predict_files(backend, args.images, args.signature, args.size,
+                                        cfg.deploy.max_image_pixels)
     _print_json(results)
+    failed = [r["file"] for r in results if "error" in r]
+    if failed:
+        log.error("%d of %d file(s) failed: %s", len(failed), len(results), ", ".join(failed))
+    return 1 if failed else 0
 
 
 # -- step commands -------------------------------------------------------------------------------
@@ -232,24 +238,24 @@ def cmd_select_and_gate(args) -> None:
 
 
 def cmd_deploy(args) -> None:
-    from mammo.components.deploy.logic import deploy
+    from mammo.components.deploy.logic import run
 
-    metadata = json.loads(Path(args.metadata).read_text()) if args.metadata else {}
-    evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
-    pushed = deploy(Path(args.model) / "model.keras", args.serving_root, args.model_name, metadata,
-                    wait_for_rest_url=args.wait_for_rest_url or "", wait_timeout_s=args.wait_timeout_s,
-                    evaluation=evaluation, keep_versions=args.keep_versions)
-    _print_json(pushed.__dict__)
+    overrides = {"model_name": args.model_name, "keep_versions": args.keep_versions,
+                 "wait_for_rest_url": args.wait_for_rest_url, "wait_timeout_s": args.wait_timeout_s}
+    args.set = list(args.set) + [f"deploy.{k}={v}" for k, v in overrides.items() if v is not None]
+    _print_json(run(args.model, args.decision, args.serving_root, args.out, _config(args)))
 
 
 def cmd_rollback(args) -> None:
-    from mammo.components.deploy.logic import current_champion, rollback
+    from mammo.components.deploy.repository import current_champion, rollback
 
+    cfg = _config(args)
+    keep = cfg.deploy.keep_versions if args.keep_versions is None else args.keep_versions
     pushed = rollback(args.serving_root, args.model_name, to_version=args.to_version,
                       wait_for_rest_url=args.wait_for_rest_url or "", wait_timeout_s=args.wait_timeout_s,
-                      keep_versions=args.keep_versions)
+                      keep_versions=keep)
     champion = current_champion(args.serving_root, args.model_name) or {}
-    _print_json({"model_name": args.model_name, **pushed.__dict__,
+    _print_json({"model_name": args.model_name, **pushed.to_dict(),
                  "rolled_back_from": champion.get("rolled_back_from"), "replaced_version": champion.get("replaced_version")})
 
 
@@ -311,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("predict", help="classify PNG or DICOM patches with a SavedModel or a TF Serving server")
+    p = sub.add_parser("predict", help="classify patches, or scan whole mammograms into heatmaps (--heatmap), "
+                                       "with a SavedModel or a TF Serving server")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a serving SavedModel directory (<root>/<name>/<version>)")
     src.add_argument("--server", help="TF Serving gRPC HOST:PORT")
@@ -321,8 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signature", default="serving_default", choices=["serving_default", "predict_pixels"],
                    help="serving_default sends PNG bytes, predict_pixels raw uint8 pixels")
     p.add_argument("--size", type=int, default=None,
-                   help="resize to SIZE x SIZE on the client with the training resampler (default: the model resizes)")
+                   help="resize to SIZE x SIZE on the client with the training resampler (default: the model "
+                        "resizes; heatmaps: the model's input size)")
+    p.add_argument("--heatmap", metavar="DIR", help="whole mammograms: write per image an overlay PNG, the "
+                   "probability maps (.npy) and the top regions (JSON) into DIR")
+    p.add_argument("--patch-mm", type=float, help="heatmap window side in mm (default: the model record's "
+                   "patch_mm, else patches.normal_crop_mm)")
+    p.add_argument("--pixel-spacing-mm", type=float, help="heatmap: the images' pixel spacing (default: the "
+                   "DICOM header's, else the model record's / patches.default_pixel_spacing_mm)")
+    p.add_argument("--stride", type=float, help="heatmap window step as a share of the window (deploy.heatmap_stride)")
+    p.add_argument("--batch", type=int, help="heatmap windows per request (deploy.heatmap_batch)")
     p.add_argument("images", nargs="+")
+    _add_config_args(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("ingest", help="step: CSVs + DICOM tree -> cases/rejects Parquet")
@@ -397,14 +414,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_select_and_gate)
 
     p = sub.add_parser("deploy", help="step: export a serving SavedModel and push a new version")
-    p.add_argument("--model", required=True, help="train output folder")
+    p.add_argument("--model", required=True, help="train (or select_and_gate selected_model) output folder")
+    p.add_argument("--decision", help="select_and_gate decision folder: its model record and evaluation are "
+                                      "stored with the version (default: none)")
     p.add_argument("--serving-root", required=True)
-    p.add_argument("--model-name", default="mammo")
-    p.add_argument("--metadata", help="JSON file stored with the version (e.g. test metrics)")
-    p.add_argument("--evaluation", help="evaluate step's metrics.json, stored with the version and in its model card")
-    p.add_argument("--wait-for-rest-url", help="TF Serving REST URL: wait for AVAILABLE, then check one prediction")
-    p.add_argument("--wait-timeout-s", type=float, default=300)
-    p.add_argument("--keep-versions", type=int, default=0, help="keep the last K complete versions (0: all)")
+    p.add_argument("--out", required=True, help="output folder (report.json)")
+    p.add_argument("--model-name", help="default: deploy.model_name")
+    p.add_argument("--wait-for-rest-url", help="TF Serving REST URL: wait for AVAILABLE, then check one prediction "
+                                               "(default: deploy.wait_for_rest_url)")
+    p.add_argument("--wait-timeout-s", type=int, help="default: deploy.wait_timeout_s")
+    p.add_argument("--keep-versions", type=int, help="keep the last K complete versions, 0: all "
+                                                     "(default: deploy.keep_versions)")
+    _add_config_args(p)
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("rollback", help="serve an earlier version again (re-published as the newest version)")
@@ -413,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-version", type=int, default=None, help="default: the version before the served one")
     p.add_argument("--wait-for-rest-url", help="TF Serving REST URL: wait for AVAILABLE, then check one prediction")
     p.add_argument("--wait-timeout-s", type=float, default=300)
-    p.add_argument("--keep-versions", type=int, default=0, help="keep the last K complete versions (0: all)")
+    p.add_argument("--keep-versions", type=int, help="keep the last K complete versions, 0: all "
+                                                     "(default: deploy.keep_versions)")
+    _add_config_args(p)
     p.set_defaults(func=cmd_rollback)
     return parser
 
@@ -424,12 +447,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, TimeoutError, RuntimeError) as exc:
+        code = args.func(args)
+    except (ValueError, OSError, TimeoutError, RuntimeError) as exc:
         # a clear one-line error for users; the traceback with --verbose
         log.error("%s", exc, exc_info=args.verbose)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -52,6 +52,30 @@ def save_tiny_keras_model(path: Path, size: int = PATCH, n_classes: int = len(CL
     return path
 
 
+_EXPORTS: dict[tuple[Any, ...], Path] = {}
+
+
+def tiny_export(seed: int = 0, metadata: dict[str, Any] | None = None, evaluation: dict[str, Any] | None = None,
+                size: int = PATCH, **kwargs: Any) -> Path:
+    """An exported serving SavedModel of :func:`save_tiny_keras_model` (made once per test process and
+    argument set, in a temporary folder removed at exit). Treat it as read-only."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from mammo.components.deploy.export import export_serving_model
+
+    key = (seed, json.dumps(metadata, sort_keys=True), json.dumps(evaluation, sort_keys=True), size,
+           json.dumps(kwargs, sort_keys=True))
+    if key not in _EXPORTS or not _EXPORTS[key].is_dir():
+        folder = Path(tempfile.mkdtemp(prefix="mammo-test-export-"))
+        atexit.register(shutil.rmtree, folder, True)
+        model = save_tiny_keras_model(folder / "model.keras", size=size, seed=seed)
+        _EXPORTS[key] = export_serving_model(model, folder / "export", metadata=metadata, evaluation=evaluation,
+                                             **kwargs)
+    return _EXPORTS[key]
+
+
 def random_patches(n: int, size: int = PATCH, seed: int = 0) -> np.ndarray:
     """uint8 [n, size, size, 1] with a different mean per image (so the classes differ)."""
     rng = np.random.default_rng(seed)
@@ -405,7 +429,10 @@ class FakeTFServingGRPC:
                         context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                       f"input {key}: dtype {proto.dtype} != {specs[key].dtype.name}")
                     inputs[key] = tf.constant(tf.make_ndarray(proto))
-                outputs = signature(**inputs)
+                try:
+                    outputs = signature(**inputs)
+                except tf.errors.InvalidArgumentError as err:  # TF Serving: INVALID_ARGUMENT + the op's message
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.message)
                 response = predict_pb2.PredictResponse()
                 response.model_spec.name = fake.model_name
                 response.model_spec.signature_name = signature_name

@@ -7,7 +7,6 @@ SavedModel. Request bodies are checked against TF Serving's documented formats.
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -27,24 +26,18 @@ from serving_doubles import (  # noqa: E402
     save_tiny_keras_model,
     write_dicom,
 )
-from tensorflow.core.framework import types_pb2  # noqa: E402
 
 from mammo.components.config import CLASS_NAMES  # noqa: E402
-from mammo.components.deploy.logic import export_serving_model  # noqa: E402
+from mammo.components.deploy.export import export_serving_model  # noqa: E402
 from mammo.components.deploy.predict import (  # noqa: E402
-    grpc_predict_request,
     load_image,
     load_patch,
     predict_grpc,
     predict_local,
     predict_rest,
-    rest_request_body,
 )
-from mammo.components.imaging import decode_png, encode_png, resize_uint8, to_uint8  # noqa: E402
+from mammo.components.imaging import encode_png, resize_uint8, to_uint8  # noqa: E402
 from mammo.pipelines.cli import main  # noqa: E402
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
 
 # -- fixtures ----------------------------------------------------------------------------------
 
@@ -143,46 +136,6 @@ def test_predict_local_with_unknown_signature_raises(model_dir: Path, images: di
         predict_local(model_dir, [images["png"]], signature="images")
 
 
-# -- request formats ---------------------------------------------------------------------------
-
-
-def test_rest_body_for_serving_default_is_row_format_with_b64_pngs() -> None:
-    images = [random_patches(1, seed=s)[0, :, :, 0] for s in (1, 2)]
-    body = rest_request_body("serving_default", images)
-    assert set(body) == {"signature_name", "instances"} and body["signature_name"] == "serving_default"
-    assert all(set(instance) == {"b64"} for instance in body["instances"])
-    blobs = [base64.b64decode(instance["b64"], validate=True) for instance in body["instances"]]
-    assert all(blob.startswith(PNG_MAGIC) for blob in blobs)
-    for blob, image in zip(blobs, images):
-        np.testing.assert_array_equal(decode_png(blob), image)
-    json.dumps(body)  # JSON-serialisable as it is
-
-
-def test_rest_body_for_predict_pixels_is_row_format_with_nested_integer_lists() -> None:
-    image = random_patches(1, size=5)[0, :, :, 0]
-    body = rest_request_body("predict_pixels", [image])
-    assert body == {"signature_name": "predict_pixels", "instances": [image.astype(int).tolist()]}
-    assert all(isinstance(v, int) for row in body["instances"][0] for v in row)
-
-
-def test_grpc_request_carries_model_spec_and_one_typed_tensor() -> None:
-    images = [random_patches(1, seed=s)[0, :, :, 0] for s in (1, 2)]
-    request = grpc_predict_request("mammo", "serving_default", images, version=3)
-    assert (request.model_spec.name, request.model_spec.signature_name) == ("mammo", "serving_default")
-    assert request.model_spec.version.value == 3
-    (key,) = request.inputs
-    tensor = request.inputs[key]
-    assert key == "image_bytes" and tensor.dtype == types_pb2.DT_STRING
-    assert [d.size for d in tensor.tensor_shape.dim] == [2]
-    assert all(blob.startswith(PNG_MAGIC) for blob in tensor.string_val)
-
-    pixels = grpc_predict_request("mammo", "predict_pixels", images)
-    assert not pixels.model_spec.HasField("version")
-    assert list(pixels.inputs) == ["pixels"] and pixels.inputs["pixels"].dtype == types_pb2.DT_UINT8
-    assert [d.size for d in pixels.inputs["pixels"].tensor_shape.dim] == [2, PATCH, PATCH]
-    np.testing.assert_array_equal(tf.make_ndarray(pixels.inputs["pixels"]), np.stack(images))
-
-
 # -- REST --------------------------------------------------------------------------------------
 
 
@@ -207,10 +160,13 @@ def test_predict_rest_of_a_version_posts_to_its_url(model_dir: Path, images: dic
     assert results[0]["file"] == str(images["small"])
 
 
-def test_predict_rest_for_unknown_model_raises_with_server_error(model_dir: Path, images: dict[str, Path]) -> None:
+def test_predict_rest_for_unknown_model_answers_each_file_with_the_server_error(
+    model_dir: Path, images: dict[str, Path]
+) -> None:
     with FakeTFServingREST("mammo", model_dir) as server:
-        with pytest.raises(RuntimeError, match="HTTP 404.*Could not find any versions of model other"):
-            predict_rest(server.url, "other", [images["png"]])
+        (answer,) = predict_rest(server.url, "other", [images["png"]])
+    assert answer["file"] == str(images["png"])
+    assert answer["error"].startswith("ServingError: ") and "HTTP 404: Could not find any versions of model other" in answer["error"]
 
 
 # -- gRPC --------------------------------------------------------------------------------------
@@ -228,11 +184,10 @@ def test_predict_grpc_against_fake_prediction_service_matches_local(
     _assert_results(results, paths, _keras_on_patches(keras_model, paths))
 
 
-def test_predict_grpc_for_unknown_model_raises_not_found(model_dir: Path, images: dict[str, Path]) -> None:
+def test_predict_grpc_for_unknown_model_answers_not_found(model_dir: Path, images: dict[str, Path]) -> None:
     with FakeTFServingGRPC("mammo", model_dir) as server:
-        with pytest.raises(grpc.RpcError) as info:
-            predict_grpc(server.host_port, "other", [images["png"]])
-    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        (answer,) = predict_grpc(server.host_port, "other", [images["png"]])
+    assert "NOT_FOUND" in answer["error"]
 
 
 # -- CLI ---------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ The classifier was trained on patches that show a fixed physical field of view, 
 mammogram is scanned with square windows of ``patch_mm`` millimetres (``patch_mm /
 pixel_spacing_mm`` pixels), moved by ``stride`` (a share of the window side), over the breast only:
 a window is scored when at least ``min_breast_fraction`` of it lies in the breast mask of
-:func:`mammo.components.extract_patches.logic.breast_mask` (the one extraction uses for normal
+:func:`mammo.components.extract_patches.geometry.breast_mask` (the one extraction uses for normal
 patches). Each window is resized to the model's input with the training resampler
 (:func:`mammo.components.imaging.resize_uint8`) and sent in batches of ``batch`` to ``predict_fn``
 (a local SavedModel or TF Serving over REST / gRPC: anything that maps uint8 ``[n, s, s]`` to
@@ -91,7 +91,9 @@ def window_geometry(pixel_spacing_mm: float, patch_mm: float, stride: float) -> 
         raise ValueError(f"patch size must be a positive number of mm, got {patch_mm}")
     if not 0 < stride <= 1:
         raise ValueError(f"stride is a share of the window side in (0, 1], got {stride}")
-    window = max(8, int(round(patch_mm / pixel_spacing_mm)))
+    from mammo.components.extract_patches.geometry import mm_to_px
+
+    window = max(8, mm_to_px(patch_mm, pixel_spacing_mm))
     return window, max(1, int(round(window * stride)))
 
 
@@ -120,7 +122,7 @@ def window_grid(shape: tuple[int, int], window_px: int, stride_px: int, mask: np
 def _window_batches(image: np.ndarray, corners: np.ndarray, window_px: int, input_size: int | None,
                     batch: int) -> Iterator[np.ndarray]:
     """uint8 ``[n, s, s]`` batches of windows, cut (zero-padded at the border) and resized lazily."""
-    from mammo.components.extract_patches.logic import crop_padded
+    from mammo.components.extract_patches.geometry import crop_padded
     from mammo.components.imaging import resize_uint8
 
     for start in range(0, len(corners), batch):
@@ -176,7 +178,7 @@ def sliding_window_maps(
     mask = None
     if use_breast_mask:
         if breast_mask is None:
-            from mammo.components.extract_patches.logic import breast_mask as compute_breast_mask
+            from mammo.components.extract_patches.geometry import breast_mask as compute_breast_mask
 
             mask = compute_breast_mask(image)
         else:

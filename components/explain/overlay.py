@@ -150,3 +150,42 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(to_png_bytes(image))
     return path
+
+
+def _titled(rgb: np.ndarray, title: str, band: int = 18) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (rgb.shape[1], rgb.shape[0] + band), (0, 0, 0))
+    img.paste(Image.fromarray(rgb), (0, band))
+    ImageDraw.Draw(img).text((4, 3), title, fill=(255, 255, 255))
+    return np.asarray(img)
+
+
+def panels(
+    gray_uint8: np.ndarray,
+    maps: "dict[str, np.ndarray]",
+    boxes: Sequence[Sequence[int]] = (),
+    labels: Sequence[str] | None = None,
+    height: int = 800,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    vmax: float = 1.0,
+) -> np.ndarray:
+    """One picture for a whole image: the image (with ``boxes`` in image pixels) and one panel per
+    named map blended over it, side by side, each ``height`` pixels high (aspect kept) and titled."""
+    from PIL import Image
+
+    gray = np.asarray(gray_uint8, dtype=np.uint8)
+    scale = min(1.0, float(height) / gray.shape[0])
+    size = (max(1, int(round(gray.shape[1] * scale))), max(1, int(round(gray.shape[0] * scale))))
+    small = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BILINEAR)) if scale < 1 else gray
+    scaled = [[int(round(v * scale)) for v in box] for box in boxes]
+    first = draw_boxes(small, scaled, width=2, labels=[str(i + 1) for i in range(len(scaled))]) if scaled else to_rgb(small)
+    tiles = [_titled(first, "; ".join(labels) if labels else "image")]
+    for name, values in maps.items():
+        tiles.append(_titled(blend(small, values, alpha=alpha, colormap=colormap, vmax=vmax), name))
+    gap = np.zeros((tiles[0].shape[0], 4, 3), dtype=np.uint8)
+    row: list[np.ndarray] = []
+    for tile in tiles:
+        row += [tile, gap]
+    return np.concatenate(row[:-1], axis=1)
