@@ -3,6 +3,8 @@ bit depth and patch intensity, each as a decision table."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -177,3 +179,28 @@ def test_patch_intensity_names_each_failing_class_and_source_only() -> None:
 def test_patch_intensity_needs_its_columns() -> None:
     with pytest.raises(ValueError, match="intensity_p01"):
         check_patch_intensity(pd.DataFrame([{"label": "normal", "source": "ddsm-normal"}]))
+
+
+# -- on real DDSM normals: 8-bit JPEG files whose .ics says 12 bits ---------------------------------------
+
+REAL_NORMALS = next((p for p in (Path(__file__).resolve().parents[2] / "shared/data/real/ddsm-normals-jpeg",
+                                 Path("/work/shared/data/real/ddsm-normals-jpeg")) if p.is_dir()), None)
+
+
+def test_real_jpeg_normals_scaled_as_declared_12_bits_are_flagged_near_black() -> None:
+    if REAL_NORMALS is None:
+        pytest.skip("shared real data not found (../shared/data/real/ddsm-normals-jpeg)")
+    from mammo.components.imaging import read_image
+
+    patches = []
+    for path in sorted(REAL_NORMALS.glob("case0018/*CC.jpg")):
+        pixels, info = read_image(str(path))
+        assert info.bits_stored == 8  # what the file holds
+        ys, xs = np.nonzero(pixels > np.percentile(pixels, 90))  # inside the breast
+        cy, cx = int(np.median(ys)), int(np.median(xs))
+        window = (slice(max(0, cy - 128), cy + 128), slice(max(0, cx - 128), cx + 128))
+        for bits, source in ((8, "file bit depth"), (12, "ics bit depth")):
+            patches.append({"label": "normal", "source": source, **patch_intensity_stats(to_uint8(pixels, bits)[window])})
+    assert len(patches) == 4
+    assert [(f.subject, f.detail.split(" (")[0]) for f in check_patch_intensity(patches)] == [
+        ("class normal, source ics bit depth", "2 of 2 patches are near-black")]
