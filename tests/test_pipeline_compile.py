@@ -143,14 +143,16 @@ def test_compile_without_gpus_trains_on_any_node(tmp_path):
     assert "tolerations" not in k8s["exec-train"] and "nodeSelector" not in k8s["exec-train"]
 
 
-def test_compile_retries_transient_steps_but_not_training_or_deploy(tmp_path):
+def test_compile_retries_transient_steps_but_not_deterministic_ones_training_or_deploy(tmp_path):
     spec, _ = _compiled(tmp_path, "--set", "cluster.retries=4", "--set", "cluster.retry_backoff=45s")
     tasks = _tasks(spec)
-    for name in (*DATA_STEPS, "evaluate", "select-and-gate"):
+    for name in ("extract-patches", "balance-split", "evaluate", "select-and-gate"):
         policy = tasks[name]["retryPolicy"]
         assert policy["maxRetryCount"] == 4 and policy["backoffDuration"] == "45s", name
         assert policy["backoffFactor"] == 2.0 and policy["backoffMaxDuration"] == "600s", name
-    assert "retryPolicy" not in tasks["train"] and "retryPolicy" not in tasks["deploy"]
+    # a reject fraction or a critical expectation fails the same way every time: never retried
+    for name in ("ingest", "validate-data", "train", "deploy"):
+        assert "retryPolicy" not in tasks[name], name
 
     spec, _ = _compiled(tmp_path, "--set", "cluster.train_retries=2")
     assert _tasks(spec)["train"]["retryPolicy"]["maxRetryCount"] == 2
@@ -175,7 +177,7 @@ def test_compile_limits_extract_and_backbone_fan_out_from_the_profile(tmp_path):
     spec, _ = _compiled(tmp_path, "--set", "cluster.extract_parallelism=7", "--set", "cluster.train_parallelism=2")
     loops = {t["parameterIterator"]["items"]["inputParameter"]: t["iteratorPolicy"]["parallelismLimit"]
              for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t}
-    assert loops == {"pipelinechannel--extract_shards": 7, "pipelinechannel--backbones": 2}
+    assert loops == {"pipelinechannel--resolve-config-shards": 7, "pipelinechannel--backbones": 2}
 
 
 def test_compile_pipeline_root_volumes_and_key_secret_from_the_profile(tmp_path):
@@ -204,15 +206,16 @@ def test_compile_default_has_no_cluster_specific_storage_or_secrets(tmp_path):
 
 
 def test_compile_profile_becomes_the_pipeline_parameter_defaults(tmp_path):
-    spec, _ = _compiled(tmp_path, "--profile", "demo", "--set", "gate.auc_threshold=0.7")
+    spec, _ = _compiled(tmp_path, "--profile", "demo", "--set", "gate.auc_threshold=0.7", "--set", "gate.metric=macro_f1")
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["config"]["defaultValue"]["gate"]["auc_threshold"] == 0.7
+    assert params["auc_threshold"]["defaultValue"] == 0.7
+    assert params["config"]["defaultValue"]["gate"]["metric"] == "macro_f1"
     assert params["backbones"]["defaultValue"] == ["mobilenetv3small"]
 
 
 def test_bad_resource_quantity_in_the_profile_fails_compile(tmp_path):
     out = tmp_path / "pipeline.yaml"
-    with pytest.raises(ValueError, match=r"cluster.train_cpu='8' / cluster.train_memory='16 GB'"):
+    with pytest.raises(ValueError, match=r"cluster.train_cpu='6' / cluster.train_memory='16 GB'"):
         from mammo.components.config import load_config
         from mammo.pipelines.pipeline import compile_pipeline
 
@@ -233,3 +236,163 @@ def test_local_pipeline_is_the_same_dag_without_retries(tmp_path):
     assert set(local_tasks) == set(cluster_tasks)
     assert not any("retryPolicy" in t for t in local_tasks.values())
     assert any("retryPolicy" in t for t in cluster_tasks.values())
+
+
+# -- a real KFP backend (issue 13) ---------------------------------------------------------------------
+
+from mammo.components.config import (RUN_PARAMETERS, apply_run_parameters, demo_config, load_config,  # noqa: E402
+                                     node_fit, paper_config, run_config_dict, run_parameter_values)
+from mammo.pipelines.lint import lint_file  # noqa: E402
+
+KIND_CONFIG = "manifests/kind/mammo-kind.yaml"
+PROFILES = {"paper": [], "demo": ["--profile", "demo"], "kind": ["--profile", "demo", "--config", KIND_CONFIG],
+            "paper-gpu-type": ["--set", "cluster.gpu_type=nvidia-l4", "--set", "cluster.train_gpus=2"]}
+
+
+def _repo_path(rel: str) -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[1] / rel)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_profile_compiles_and_passes_the_backend_rules(tmp_path, profile):
+    args = [_repo_path(a) if a == KIND_CONFIG else a for a in PROFILES[profile]]
+    out = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--out", str(out), *args]) == 0  # compile lints; a problem would fail it
+    assert lint_file(out) == []
+    assert main(["lint", str(out)]) == 0
+
+
+def test_extraction_iterates_over_integer_shards_derived_from_one_count(tmp_path):
+    """Point 1: the loop item that feeds the NUMBER_INTEGER shard_index is an integer, and the shard
+    list comes from num_extract_shards inside the pipeline (no second list to keep in step)."""
+    spec, _ = _compiled(tmp_path)
+    root = spec["root"]["dag"]["tasks"]
+    loop = next(t for t in root.values() if t.get("parameterIterator", {}).get("items", {}).get("inputParameter")
+                == "pipelinechannel--resolve-config-shards")
+    body = spec["components"][loop["componentRef"]["name"]]
+    item = loop["parameterIterator"]["itemInput"]
+    assert body["inputDefinitions"]["parameters"][item]["parameterType"] == "NUMBER_INTEGER"
+    assert body["dag"]["tasks"]["extract-patches"]["inputs"]["parameters"]["shard_index"] == {
+        "componentInputParameter": item}
+    assert spec["components"]["comp-extract-patches"]["inputDefinitions"]["parameters"]["shard_index"][
+        "parameterType"] == "NUMBER_INTEGER"
+    assert loop["inputs"]["parameters"]["pipelinechannel--resolve-config-shards"]["taskOutputParameter"] == {
+        "outputParameterKey": "shards", "producerTask": "resolve-config"}
+    assert root["resolve-config"]["inputs"]["parameters"]["num_extract_shards"] == {
+        "componentInputParameter": "num_extract_shards"}
+    assert "extract_shards" not in spec["root"]["inputDefinitions"]["parameters"]
+
+
+def test_resolve_config_derives_every_shard_and_applies_the_flat_parameters():
+    from mammo.pipelines.run_tasks import resolve_config
+
+    flat = {**run_parameter_values(demo_config()), "auc_threshold": 0.6, "image_size": 96}
+    out = resolve_config.python_func(config=run_config_dict(demo_config()), num_extract_shards=5, **flat)
+    assert out.shards == [0, 1, 2, 3, 4] and all(isinstance(i, int) for i in out.shards)
+    assert out.config["gate"]["auc_threshold"] == 0.6 and out.config["patches"]["image_size"] == 96
+    assert out.config["train"]["backbones"] == ["mobilenetv3small"] and "cluster" not in out.config
+    with pytest.raises(ValueError, match="num_extract_shards must be >= 1"):
+        resolve_config.python_func(config={}, num_extract_shards=0, **flat)
+
+
+def test_demo_profile_compiles_cpu_only(tmp_path):
+    """Point 2: a GPU-less kind cluster schedules every pod of the demo pipeline."""
+    spec, k8s = _compiled(tmp_path, "--profile", "demo")
+    text = (tmp_path / "pipeline.yaml").read_text()
+    assert "nvidia.com/gpu" not in text and "accelerator" not in text
+    assert not any("tolerations" in v or "nodeSelector" in v for v in k8s.values())
+
+
+@pytest.mark.parametrize("group, node", [("data", (8, 32)), ("train", (8, 32)), ("eval", (8, 32)), ("gate", (4, 16))])
+def test_default_requests_leave_headroom_below_their_node(group, node):
+    """Point 2: allocatable < capacity; the requests follow ClusterConfig's documented formula."""
+    from mammo.pipelines.pipeline import cpu_cores
+
+    cl = paper_config().cluster
+    cores, gib = node_fit(*node)
+    cpu, memory = getattr(cl, f"{group}_cpu"), getattr(cl, f"{group}_memory")
+    assert cpu_cores(cpu) <= cores < node[0] and memory.endswith("Gi") and int(memory[:-2]) <= gib < node[1]
+
+
+def test_demo_requests_fit_a_laptop_kind_node():
+    cl = demo_config().cluster
+    assert cl.train_gpus == 0
+    for group in ("data", "train", "eval", "gate"):
+        cpu, memory = getattr(cl, f"{group}_cpu"), getattr(cl, f"{group}_memory")
+        assert float(cpu.rstrip("m")) / (1000 if cpu.endswith("m") else 1) <= node_fit(4, 8)[0], group
+        assert int(memory[:-2]) <= node_fit(4, 8)[1], group
+
+
+def test_every_task_gets_its_cpu_request_as_the_worker_budget(tmp_path):
+    spec, _ = _compiled(tmp_path, "--set", "cluster.data_cpu=5", "--set", "cluster.gate_cpu=1500m")
+    env = {name: {e["name"]: e["value"] for e in ex["container"].get("env", [])}
+           for name, ex in spec["deploymentSpec"]["executors"].items()}
+    assert env["exec-extract-patches"]["MAMMO_CPUS"] == "5" and env["exec-ingest"]["MAMMO_CPUS"] == "5"
+    assert env["exec-select-and-gate"]["MAMMO_CPUS"] == "1"
+    assert all("MAMMO_CPUS" in e for e in env.values())
+
+
+def test_runtime_cpu_budget_follows_the_request_not_the_node(monkeypatch):
+    from mammo.components import runtime
+
+    monkeypatch.setenv(runtime.CPU_ENV, "3")
+    assert runtime.available_cpus() == 3
+    monkeypatch.setenv(runtime.CPU_ENV, "500m")
+    assert runtime.available_cpus() == 1
+
+
+def test_run_form_is_flat_typed_and_described(tmp_path):
+    """Point 8: typed parameters with descriptions; config without cluster.* or the flat keys."""
+    spec, _ = _compiled(tmp_path)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    types = {name: p["parameterType"] for name, p in params.items()}
+    assert types == {"data_uri": "STRING", "normals_uri": "STRING", "serving_root": "STRING", "backbones": "LIST",
+                     "auc_threshold": "NUMBER_DOUBLE", "max_auc_drop": "NUMBER_DOUBLE", "balance_mode": "STRING",
+                     "image_size": "NUMBER_INTEGER", "weights": "STRING", "num_extract_shards": "NUMBER_INTEGER",
+                     "config": "STRUCT"}
+    assert all(len(p.get("description", "")) > 20 for p in params.values()), params
+    config = params["config"]["defaultValue"]
+    assert "cluster" not in config
+    for key in RUN_PARAMETERS.values():
+        section, leaf = key.split(".")
+        assert leaf not in config[section], key
+    assert params["auc_threshold"]["defaultValue"] == 0.9 and params["image_size"]["defaultValue"] == 331
+
+
+def test_one_place_per_setting():
+    cfg = load_config("paper", None, ["train.stage1_epochs=2"])
+    params = run_parameter_values(cfg)
+    resolved = apply_run_parameters(run_config_dict(cfg), {**params, "auc_threshold": 0.8})
+    assert resolved.gate.auc_threshold == 0.8 and resolved.train.stage1_epochs == 2
+    with pytest.raises(ValueError, match="config sets gate.auc_threshold: use the pipeline parameter 'auc_threshold'"):
+        apply_run_parameters({"gate": {"auc_threshold": 0.5}}, params)
+    with pytest.raises(ValueError, match="cluster settings are compile-time"):
+        apply_run_parameters({"cluster": {"train_gpus": 2}}, params)
+
+
+def test_ingest_cache_key_carries_the_data_fingerprint(tmp_path):
+    """Point 4: an uncached fingerprint task feeds ingest, so ingest's cache key follows the data."""
+    spec, k8s = _compiled(tmp_path, "--set", "cluster.data_pvc=mammo-data")
+    tasks = _tasks(spec)
+    assert tasks["ingest"]["inputs"]["parameters"]["data_fingerprint"] == {
+        "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "fingerprint-data"}}
+    assert not tasks["fingerprint-data"]["cachingOptions"].get("enableCache", False)
+    assert tasks["fingerprint-data"]["inputs"]["parameters"]["data_uri"] == {"componentInputParameter": "data_uri"}
+    # it lists the same volume ingest reads
+    assert k8s["exec-fingerprint-data"]["pvcMount"][0]["constant"] == "mammo-data"
+    # every step reads the resolved config, none the raw parameter
+    for name in ("ingest", "validate-data", "extract-patches", "balance-split", "train", "evaluate",
+                 "select-and-gate", "deploy"):
+        assert tasks[name]["inputs"]["parameters"]["config"] in (  # at the root / inside a loop or condition
+            {"taskOutputParameter": {"outputParameterKey": "config", "producerTask": "resolve-config"}},
+            {"componentInputParameter": "pipelinechannel--resolve-config-config"}), name
+
+
+def test_step_display_names_are_the_eight_steps_plus_two_helpers(tmp_path):
+    spec, _ = _compiled(tmp_path)
+    names = {t["taskInfo"]["name"] for t in _tasks(spec).values() if "componentRef" in t
+             and "executorLabel" in spec["components"][t["componentRef"]["name"]]}
+    assert names == {"fingerprint_data", "resolve_config", "ingest", "validate_data", "extract_patches",
+                     "balance_split", "train", "evaluate", "select_and_gate", "deploy"}
