@@ -1,15 +1,42 @@
-# syntax=docker/dockerfile:1
 #
 # mammo GPU image: the train step (one task per backbone, scheduled on an nvidia.com/gpu node).
-# TensorFlow, CUDA and cuDNN come from the pinned official image of the TensorFlow version in
-# pyproject.toml; the pinned dependencies (dockerfiles/requirements.lock) find that TensorFlow
-# already satisfied and add the rest. The KFP train component names this image as its
-# base_image (GPU_IMAGE in components/config.py); KFP sets the command, so there is no
-# ENTRYPOINT or CMD here. No credentials are baked in. Build from the repository root:
+# The same Python base and pinned dependencies as the CPU image (dockerfiles/requirements.lock),
+# plus the CUDA libraries from PyPI that tensorflow[and-cuda] needs at the locked TensorFlow version
+# (dockerfiles/requirements-gpu.lock); the node supplies only the NVIDIA driver. It builds without
+# a GPU and without a TensorFlow image registry; the last step checks, as the image's user, that
+# every module of the package imports, that TensorFlow was built with CUDA and that every
+# tensorflow[and-cuda] requirement is installed. The KFP train component names this image as its
+# base_image (GPU_IMAGE in components/config.py); KFP sets the command, so there is no ENTRYPOINT or
+# CMD here. No credentials are baked in. Build from the repository root (`mammo images build` does
+# this, with the right names, the host's network and CA bundle):
 #
 #   docker build -f dockerfiles/gpu.Dockerfile -t ghcr.io/mammo-project/mammo-gpu:0.1.0 .
-FROM tensorflow/tensorflow:2.21.0-gpu
+#
+# BASE_IMAGE and the two stages: as in cpu.Dockerfile, whose first builder layers this build shares.
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm
 
+FROM ${BASE_IMAGE} AS builder
+# the host's package index, when it is not PyPI (set by `mammo images build`)
+ARG PIP_INDEX_URL
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+# the glob lets the optional CA bundle be absent
+COPY dockerfiles/requirements.lock dockerfiles/build-ca.pe[m] /tmp/build/
+RUN if [ -f /tmp/build/build-ca.pem ]; then export PIP_CERT=/tmp/build/build-ca.pem; fi \
+    && python3 -m venv /opt/mammo/venv \
+    && /opt/mammo/venv/bin/python -m pip install --no-cache-dir -r /tmp/build/requirements.lock
+COPY dockerfiles/requirements-gpu.lock /tmp/build/
+RUN if [ -f /tmp/build/build-ca.pem ]; then export PIP_CERT=/tmp/build/build-ca.pem; fi \
+    && /opt/mammo/venv/bin/python -m pip install --no-cache-dir \
+         -c /tmp/build/requirements.lock -r /tmp/build/requirements-gpu.lock
+WORKDIR /tmp/src
+COPY pyproject.toml setup.py README.md ./
+COPY components ./components
+COPY pipelines ./pipelines
+RUN if [ -f /tmp/build/build-ca.pem ]; then export PIP_CERT=/tmp/build/build-ca.pem; fi \
+    && /opt/mammo/venv/bin/python -m pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheel .
+
+FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="mammo-gpu" \
       org.opencontainers.image.description="mammo Kubeflow pipeline train step (GPU)" \
@@ -18,31 +45,23 @@ LABEL org.opencontainers.image.title="mammo-gpu" \
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/mammo/venv/bin:$PATH
 
-# The same numeric UID/GID as the CPU image. Newer Ubuntu bases already ship a user with UID 1000
-# ("ubuntu"): reuse it rather than fail, the UID is what Kubernetes checks.
-RUN if ! getent group 1000 > /dev/null; then groupadd --gid 1000 mammo; fi \
-    && if ! getent passwd 1000 > /dev/null; then \
-         useradd --uid 1000 --gid 1000 --no-create-home --shell /usr/sbin/nologin mammo; \
-       fi \
-    && mkdir -p /home/mammo \
-    && chown 1000:1000 /home/mammo
+# A fixed numeric UID/GID, so that Kubernetes' runAsNonRoot can verify it and shared volumes
+# (the serving model directory) get predictable ownership.
+RUN groupadd --gid 1000 mammo \
+    && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin mammo
 
-WORKDIR /opt/mammo/src
-COPY dockerfiles/requirements.lock ./
-# Fail the build if the lock replaced the image's TensorFlow (and with it the CUDA-matched build).
-RUN tf_before="$(python3 -c 'import tensorflow as tf; print(tf.__version__)')" \
-    && python3 -m pip install --no-cache-dir -r requirements.lock \
-    && test "$(python3 -c 'import tensorflow as tf; print(tf.__version__)')" = "${tf_before}"
-
-COPY pyproject.toml README.md ./
-COPY components ./components
-COPY pipelines ./pipelines
-RUN python3 -m pip install --no-cache-dir --no-deps . \
-    && python3 -c "import mammo.pipelines.pipeline" \
-    && command -v mammo
+COPY --from=builder /opt/mammo/venv /opt/mammo/venv
+COPY --from=builder /tmp/wheel /tmp/wheel
+COPY dockerfiles/check_image.py /opt/mammo/check_image.py
+RUN python -m pip install --no-cache-dir --no-deps --no-index /tmp/wheel/*.whl \
+    && rm -rf /tmp/wheel \
+    && python -m pip check
 
 USER 1000:1000
 ENV HOME=/home/mammo
 WORKDIR /home/mammo
+# as the user the pipeline runs as: every module imports, the CLI starts, TensorFlow has CUDA
+RUN python /opt/mammo/check_image.py gpu

@@ -38,3 +38,26 @@ def real_csv_dir() -> Path:
                                                       "calc_case_description_test_set.csv")):
         pytest.skip(f"real CBIS-DDSM CSVs not found in {REAL_CSV_DIR} (set MAMMO_CBIS_CSV_DIR)")
     return REAL_CSV_DIR
+
+
+@pytest.fixture(scope="session")
+def container_images() -> dict[str, str]:
+    """{"cpu": name, "gpu": name}: the project's images, built on this machine (`mammo images build`).
+
+    Where Docker or the images are missing the container tests are skipped, except under CI=true,
+    where they fail: CI (.ci/run) builds the images first and must run them.
+    """
+    from mammo.pipelines.images import DockerUnavailable, check_daemon, image_exists, image_names
+
+    names = image_names()
+    try:
+        check_daemon()
+        missing = [name for name in names.values() if not image_exists(name)]
+        problem = f"images {missing} are not built (mammo images build --local-base)" if missing else None
+    except DockerUnavailable as exc:
+        problem = str(exc)
+    if problem:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI runs the container tests, but: {problem}")
+        pytest.skip(problem)
+    return names

@@ -1,10 +1,12 @@
-"""The two images: lint-clean under the real hadolint, install this project, run as non-root.
+"""The two Dockerfiles: lint-clean under the real hadolint, install this project, run as non-root.
 
-There is no Docker engine here, so the images are not built; these checks read the Dockerfiles.
+These checks read the Dockerfiles (and the locks); tests/test_images.py and
+tests/test_container_e2e.py build and run the images where a Docker engine is available (CI).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -24,9 +26,13 @@ except ModuleNotFoundError:  # Python 3.10
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILES = REPO / "dockerfiles"
 IMAGES = {
-    "cpu": {"file": DOCKERFILES / "cpu.Dockerfile", "tag": "ghcr.io/mammo-project/mammo", "base": r"python:3\.11[\w.\-]*-slim[\w.\-]*"},
-    "gpu": {"file": DOCKERFILES / "gpu.Dockerfile", "tag": "ghcr.io/mammo-project/mammo-gpu", "base": r"tensorflow/tensorflow:2\.21\.0-gpu"},
+    "cpu": {"file": DOCKERFILES / "cpu.Dockerfile", "tag": "ghcr.io/mammo-project/mammo",
+            "locks": ["dockerfiles/requirements.lock"]},
+    "gpu": {"file": DOCKERFILES / "gpu.Dockerfile", "tag": "ghcr.io/mammo-project/mammo-gpu",
+            "locks": ["dockerfiles/requirements.lock", "dockerfiles/requirements-gpu.lock"]},
 }
+#: the public base both images default to (ARG BASE_IMAGE): a pinned slim Python of a supported version
+PUBLIC_BASE = r"python:3\.1[0-2]\.\d+-slim-bookworm"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
@@ -91,36 +97,81 @@ def test_hadolint_reports_a_known_bad_dockerfile(tmp_path):
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
-def test_dockerfile_starts_from_pinned_base(image):
-    (base,) = args_of(IMAGES[image]["file"], "FROM")  # single stage
-    assert re.fullmatch(IMAGES[image]["base"], base), base
-    assert not base.endswith(":latest")
+def test_dockerfile_starts_from_a_pinned_base_that_can_be_replaced(image):
+    path = IMAGES[image]["file"]
+    steps = instructions(path)
+    # ARG BASE_IMAGE comes before the first FROM (a global build argument) with the public default
+    first_from = next(i for i, (kw, _) in enumerate(steps) if kw == "FROM")
+    base_args = [a for kw, a in steps[:first_from] if kw == "ARG" and a.startswith("BASE_IMAGE=")]
+    assert len(base_args) == 1, "one global ARG BASE_IMAGE=<public base>"
+    assert re.fullmatch(PUBLIC_BASE, base_args[0].split("=", 1)[1]), base_args[0]
+    # every stage starts from it: builder and final image share the base (and its Python)
+    froms = args_of(path, "FROM")
+    assert len(froms) == 2 and all(f.split()[0] == "${BASE_IMAGE}" for f in froms), froms
+    assert froms[0].endswith(" AS builder")
+
+
+def _package_dirs() -> set[str]:
+    """The source folders setup.py maps onto the `mammo` package (its ROOTS literal)."""
+    tree = ast.parse((REPO / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "ROOTS" for t in node.targets):
+            return set(ast.literal_eval(node.value).values())
+    raise AssertionError("setup.py has no ROOTS mapping")
+
+
+def _stages(path: Path) -> list[list[tuple[str, str]]]:
+    stages: list[list[tuple[str, str]]] = []
+    for kw, args in instructions(path):
+        if kw == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((kw, args))
+    return stages
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_dockerfile_installs_the_locked_dependencies_then_this_project(image):
     path = IMAGES[image]["file"]
-    steps = instructions(path)
-    copies = [(i, shlex.split(args)) for i, (kw, args) in enumerate(steps) if kw == "COPY"]
+    builder, final = _stages(path)
     copied: set[str] = set()
-    for _, (*sources, _dest) in copies:
-        copied.update(s.rstrip("/") for s in sources if not s.startswith("--"))
-    # everything the distribution is built from, and the lock
-    package_dirs = set(PYPROJECT["tool"]["setuptools"]["package-dir"].values())
-    assert {"pyproject.toml", PYPROJECT["project"]["readme"], "dockerfiles/requirements.lock"} | package_dirs <= copied
-    runs = [(i, args) for i, (kw, args) in enumerate(steps) if kw == "RUN"]
-    lock_installs = [i for i, a in runs if re.search(r"pip install --no-cache-dir -r requirements\.lock(\s|$)", a)]
-    project_installs = [i for i, a in runs if re.search(r"pip install --no-cache-dir --no-deps \.(\s|$)", a)]
-    assert len(lock_installs) == 1, "one `pip install --no-cache-dir -r requirements.lock`"
-    assert len(project_installs) == 1, "one `pip install --no-cache-dir --no-deps .` of the project"
-    assert not [a for _, a in runs if "pip install" in a and "-r requirements.lock" not in a and "--no-deps ." not in a]
-    # layer order: the dependency layer sits before the source is copied, so code changes reuse it
-    source_copies = [i for i, (*sources, _dest) in copies if set(sources) & (package_dirs | {"pyproject.toml"})]
-    assert lock_installs[0] < min(source_copies) < project_installs[0]
+    for kw, args in builder + final:
+        if kw == "COPY" and not args.startswith("--from"):
+            *sources, _dest = shlex.split(args)
+            copied.update(s.rstrip("/") for s in sources)
+    # everything the distribution is built from (setup.py discovers the packages), the locks, the check
+    needed = {"pyproject.toml", "setup.py", PYPROJECT["project"]["readme"], "dockerfiles/check_image.py",
+              *IMAGES[image]["locks"]} | _package_dirs()
+    assert needed <= copied, needed - copied
+    builder_runs = [(i, a) for i, (kw, a) in enumerate(builder) if kw == "RUN"]
+    lock_installs = [i for i, a in builder_runs if re.search(r"pip install --no-cache-dir -r /tmp/build/requirements\.lock$", a)]
+    wheel_builds = [i for i, a in builder_runs if re.search(r"pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheel \.$", a)]
+    assert len(lock_installs) == 1 and len(wheel_builds) == 1
+    # layer order: the dependency layers sit before the source is copied, so code changes reuse them
+    source_copies = [i for i, (kw, a) in enumerate(builder) if kw == "COPY" and set(shlex.split(a)[:-1]) & (_package_dirs() | {"setup.py"})]
+    assert lock_installs[0] < min(source_copies) < wheel_builds[0]
+    if image == "gpu":
+        gpu = [a for _, a in builder_runs if "-r /tmp/build/requirements-gpu.lock" in a]
+        assert len(gpu) == 1 and "-c /tmp/build/requirements.lock" in gpu[0]
+    # the final image: the builder's environment and wheel, the project without dependencies, pip check
+    assert ("COPY", "--from=builder /opt/mammo/venv /opt/mammo/venv") in final
+    final_runs = [a for kw, a in final if kw == "RUN"]
+    install = [a for a in final_runs if "pip install" in a]
+    assert len(install) == 1 and "--no-deps --no-index /tmp/wheel/*.whl" in install[0] and "pip check" in install[0]
+    # the CA bundle a build may be given stays in the builder stage
+    assert not [a for kw, a in final if "build-ca" in a]
     # .dockerignore must not hide what is copied
     ignored = _dockerignore_patterns()
     for source in copied:
         assert source not in ignored and source.split("/")[0] not in ignored, f"{source} is COPY'd but excluded"
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_dockerfile_imports_every_module_as_the_images_user_at_build_time(image):
+    _builder, final = _stages(IMAGES[image]["file"])
+    user_at = max(i for i, (kw, _) in enumerate(final) if kw == "USER")
+    checks = [a for kw, a in final[user_at:] if kw == "RUN"]
+    assert checks == [f"python /opt/mammo/check_image.py {image}"]
 
 
 # -- the lock --------------------------------------------------------------------------------------
@@ -177,6 +228,55 @@ def test_lock_generator_pins_the_installed_closure_of_the_dependencies():
         lock_requirements.closure(["kfp<2"])
 
 
+def _pins(path: Path) -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    return {canonicalize_name(n): v for n, v in (ln.strip().split("==") for ln in path.read_text().splitlines()
+                                                  if ln.strip() and not ln.startswith("#"))}
+
+
+def test_gpu_lock_pins_every_cuda_library_tensorflow_and_cuda_needs_at_the_locked_version():
+    """requirements-gpu.lock is what tensorflow[and-cuda] adds, at versions the locked TensorFlow accepts."""
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    cpu, gpu = _lock(), _pins(DOCKERFILES / "requirements-gpu.lock")
+    assert version("tensorflow") == cpu["tensorflow"], "the metadata read here is the locked TensorFlow's"
+    cuda = [Requirement(t) for t in requires("tensorflow") if 'extra == "and-cuda"' in t]
+    assert len(cuda) >= 10
+    for req in cuda:
+        name = canonicalize_name(req.name)
+        assert name in gpu, f"{req.name} (tensorflow[and-cuda]) is not in requirements-gpu.lock"
+        assert req.specifier.contains(gpu[name], prereleases=True), f"{name}=={gpu[name]} does not satisfy {req}"
+    assert not set(gpu) & set(cpu), "the GPU lock only adds to the CPU lock"
+    assert set(gpu) == {canonicalize_name(r.name) for r in cuda}, "nothing but the CUDA libraries"
+
+
+def test_image_check_names_every_module_that_does_not_import(tmp_path, monkeypatch):
+    """The build-time check (dockerfiles/check_image.py) reports each failing module and why."""
+    sys.path.insert(0, str(DOCKERFILES))
+    try:
+        import check_image
+    finally:
+        sys.path.remove(str(DOCKERFILES))
+    pkg = tmp_path / "fakepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "good.py").write_text("import json\n")
+    (pkg / "bad.py").write_text("import mammo_missing_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    check_image.import_all(["fakepkg", "fakepkg.good"])
+    with pytest.raises(SystemExit) as failed:
+        check_image.import_all(["fakepkg", "fakepkg.good", "fakepkg.bad"])
+    assert "fakepkg.bad" in str(failed.value) and "mammo_missing_dependency" in str(failed.value)
+    assert "fakepkg.good" not in str(failed.value)
+    # on this machine TensorFlow is installed without the CUDA libraries: the GPU check sees that
+    missing = check_image.cuda_requirements_missing()
+    assert any(m.startswith("nvidia-cudnn-cu12") for m in missing)
+
+
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_dockerfile_bakes_in_no_credentials(image):
     secretish = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
@@ -213,7 +313,9 @@ def test_dockerfile_runs_as_numeric_non_root_user_after_install(image):
     assert uid.isdigit() and int(uid) != 0, user
     install = max(i for i, (kw, args) in enumerate(steps) if kw == "RUN" and "pip install" in args)
     assert index > install, "USER must come after the install (installing needs root)"
-    assert not any(kw == "RUN" for kw, _ in steps[index:]), "nothing runs as root after USER"
+    # what runs after USER runs as that user: only the import check
+    assert [a for kw, a in steps[index:] if kw == "RUN"] == [f"python /opt/mammo/check_image.py {image}"]
+    assert not [kw for kw, _ in steps[index:] if kw in ("FROM", "USER")][1:]
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
