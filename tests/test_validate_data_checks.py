@@ -18,6 +18,7 @@ from mammo.components.validate_data.checks import (
     check_class_coverage,
     check_declared_bit_depth,
     check_patch_intensity,
+    check_patches,
     derive_check_columns,
     load_suite_spec,
     patch_intensity_stats,
@@ -91,7 +92,7 @@ def test_class_coverage_on_patches_uses_the_given_split_column_and_unit() -> Non
     patches = _rows(counts, split_column="assigned_split")
     (failure,) = check_class_coverage(patches, split_column="assigned_split", unit="patch")
     assert (failure.check, failure.subject, failure.severity) == ("class_coverage", "class mass_benign in test", "critical")
-    assert failure.detail.startswith("no patch (8 ")
+    assert failure.detail == "no patch (8 patches of other classes in test)"
 
 
 def test_class_coverage_names_missing_columns() -> None:
@@ -204,3 +205,18 @@ def test_real_jpeg_normals_scaled_as_declared_12_bits_are_flagged_near_black() -
     assert len(patches) == 4
     assert [(f.subject, f.detail.split(" (")[0]) for f in check_patch_intensity(patches)] == [
         ("class normal, source ics bit depth", "2 of 2 patches are near-black")]
+
+
+def test_check_patches_joins_coverage_and_intensity_on_a_manifest() -> None:
+    rows = []
+    for label in CLASS_NAMES:
+        for split in ("train", "validation", "test", ""):  # "": a dropped overlap patient's patch
+            if (label, split) == ("calc_benign", "validation"):
+                continue
+            stats = DARK_PATCH if label == "normal" else OK_PATCH
+            rows += [{"label": label, "source": "ddsm-normal" if label == "normal" else "cbis-ddsm",
+                      "assigned_split": split, **stats}] * 2
+    assert [str(f).split(" (")[0] for f in check_patches(pd.DataFrame(rows), ValidateConfig())] == [
+        "class_coverage: class calc_benign in validation: no patch",
+        "patch_intensity: class normal, source ddsm-normal: 8 of 8 patches are near-black",
+    ]

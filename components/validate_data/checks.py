@@ -117,6 +117,7 @@ def check_class_coverage(
     """
     df = _table(rows)
     _require(df, ("label", split_column), "check_class_coverage")
+    plural = unit + ("es" if unit.endswith(("s", "ch")) else "s")
     failures = []
     for split in splits:
         counts = df.loc[df[split_column] == split, "label"].value_counts()
@@ -124,7 +125,7 @@ def check_class_coverage(
         for name in CLASS_NAMES:
             if counts.get(name, 0) == 0:
                 failures.append(Failure("class_coverage", f"class {name} in {split}",
-                                        f"no {unit} ({total} {unit}s of other classes in {split})"))
+                                        f"no {unit} ({total} {plural} of other classes in {split})"))
     return failures
 
 
@@ -188,6 +189,17 @@ def check_patch_intensity(
                     f"{len(bad)} of {n} patches are {what} ({rule}; at most "
                     f"{cfg.max_bad_patch_fraction:.0%} allowed){scanners}"))
     return failures
+
+
+def check_patches(
+    patches: pd.DataFrame | Iterable[Mapping[str, Any]], cfg: ValidateConfig, split_column: str = "assigned_split"
+) -> list[Failure]:
+    """The group checks on the joined patch manifest (balance_split): every class has a patch in
+    validation and test, and no class or source has near-black or saturated patches. Rows with an
+    empty split (patients dropped from train/validation) do not count toward coverage."""
+    df = _table(patches)
+    return (check_class_coverage(df[df[split_column].astype(str) != ""], split_column=split_column, unit="patch")
+            + check_patch_intensity(df, cfg))
 
 
 def group_checks(cases: pd.DataFrame) -> list[Failure]:
