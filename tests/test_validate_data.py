@@ -119,17 +119,7 @@ def test_cli_runs_the_same_entry_point(tmp_path, capsys) -> None:
     assert read_report(tmp_path / "out")["step"] == "validate_data"
 
 
-# -- group checks inside the step: a class missing from a held-out subset, an impossible bit depth ------
-
-
-@pytest.mark.parametrize("label, subset", [("calc_malignant", "validation"), ("mass_benign", "test")])
-def test_class_without_a_case_in_validation_or_test_fails_naming_class_and_subset(tmp_path, label, subset) -> None:
-    cases = make_cases()
-    cases = cases[~((cases["label"] == label) & (cases["subset"] == subset))].reset_index(drop=True)
-    result = validate(cases, tmp_path, VCFG)
-    assert not result.success
-    assert result.critical_failures == [f"class_coverage: class {label} in {subset}: no case "
-                                        f"({(cases['subset'] == subset).sum()} cases of other classes in {subset})"]
+# -- group checks inside the step (their decision tables: tests/test_validate_data_checks.py) ------------
 
 
 def test_jpeg_declaring_12_bits_fails_naming_class_and_source(tmp_path) -> None:
