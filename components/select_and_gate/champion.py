@@ -92,14 +92,10 @@ def compare_with_champion(champion: dict | None, evaluation_dir: str | Path, dat
                              f"dataset's test split ({len(records)} patches, {len(missing)} without a prediction)")
         p_challenger = challenger.loc[records["patch_id"], [f"p_{c}" for c in CLASS_NAMES]].to_numpy(dtype=float)
         p_champion = score_saved_model(champion["path"], images)
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("champion v%s not re-scored: %s", champion.get("version"), exc)
-        return {"available": False, "reason": f"champion v{champion.get('version')} could not be scored on this "
-                                              f"test set: {exc}"}
     except Exception as exc:  # noqa: BLE001  (TF raises its own error types for unreadable SavedModels)
-        log.warning("champion v%s not loadable: %s", champion.get("version"), exc)
-        return {"available": False, "reason": f"champion v{champion.get('version')} could not be loaded from "
-                                              f"{champion.get('path')}: {type(exc).__name__}: {exc}"}
+        log.warning("champion v%s not re-scored: %s", champion.get("version"), exc)
+        return {"available": False, "reason": f"champion v{champion.get('version')} ({champion.get('path')}) could "
+                                              f"not be re-scored on this test set: {type(exc).__name__}: {exc}"}
     paired = paired_bootstrap_difference(y, p_challenger, p_champion, records["patient_id"].to_numpy(), g.metric,
                                          g.paired_resamples, cfg.seed, cfg.evaluate.ci_level)
     result = {"available": True, "champion_version": champion.get("version"), "champion_path": champion.get("path"),
