@@ -669,9 +669,18 @@ def load_config(profile: str = "paper", path: str | Path | None = None, override
     cfg = PROFILES[profile]()
     if path:
         text = Path(path).read_text()
-        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text) or {}
-        flat = dict(_flatten(data))
-        cfg = cfg.with_overrides(flat)
+        try:
+            data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text) or {}
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ValueError(f"config file {path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: "
+                             f"{exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path}: expected a mapping of sections (train: ..., patches: ...), "
+                             f"got {type(data).__name__}")
+        try:
+            cfg = cfg.with_overrides(dict(_flatten(data)))
+        except ValueError as exc:
+            raise ValueError(f"config file {path}: {exc}") from None
     if overrides:
         cfg = cfg.with_overrides(overrides)
     return cfg

@@ -114,3 +114,15 @@ def test_config_dict_stays_json():
     for cfg in (paper_config(), demo_config()):
         data = json.loads(json.dumps(cfg.to_dict()))
         assert Config.from_dict(data) == cfg
+
+
+@pytest.mark.parametrize("text, message", [
+    ("balance:\n  mode: undersampling\n", "bad.yaml: config key 'balance.mode' must be one of"),
+    ("- train\n- patches\n", "bad.yaml: expected a mapping of sections"),
+    ("train: [unclosed\n", "bad.yaml: not valid YAML"),
+])
+def test_bad_config_file_is_named_in_the_error(tmp_path, text, message):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config("paper", f)
