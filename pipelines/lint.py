@@ -65,6 +65,8 @@ _OPERAND = r"(?:(int|double|string|bool)\()?inputs\.parameter_values\['([^']+)'\
 _LITERAL = r"(true|false|-?\d+(?:\.\d+)?|'[^']*'|\"[^\"]*\")"
 _COMPARISONS = (re.compile(_OPERAND + r"\s*(?:==|!=|<=|>=|<|>)\s*" + _LITERAL),
                 re.compile(_LITERAL + r"\s*(?:==|!=|<=|>=|<|>)\s*" + _OPERAND))
+#: what the KFP SDK writes for a non-string output compared with a string: the operand in quotes
+_QUOTED = re.compile("'" + _OPERAND + r"'\s*(?:==|!=|<=|>=|<|>)\s*" + _LITERAL)
 
 
 @dataclass(frozen=True)
@@ -225,10 +227,11 @@ class _Linter:
                 return None
         kinds = set(source.elements or ())
         label = f"loop item of {source.label}"
-        if item_type != "STRING":
+        if item_type != "STRING" and kinds - {KIND_OF.get(item_type)}:
             for kind in sorted(kinds - {KIND_OF.get(item_type)}):
                 self.add("loop-items", where, iterator.get("itemInput", ""),
-                         f"loop item declared {item_type} but {source.label} holds a {kind}")
+                         f"loop item declared {item_type} but {source.label} holds a {kind.upper()}")
+            return Value(UNKNOWN, label)  # the iteration fails here; its body never runs
         if len(kinds) == 1:
             return Value(kinds.pop(), label)
         return Value(UNKNOWN, label)
@@ -305,6 +308,12 @@ class _Linter:
     # -- conditions and pod-spec parameters ----------------------------------------------------------
 
     def check_condition(self, where: str, condition: str, resolved: dict[str, Value]) -> None:
+        for cast, name, literal in _QUOTED.findall(condition):
+            value = resolved.get(name, Value(UNKNOWN, repr(name)))
+            self.add("condition", where, name, f"condition compares {value.label}, a {value.kind.upper()}, with the "
+                                               f"STRING literal {literal}, and quotes the operand: the backend's CEL "
+                                               f"cannot evaluate {condition!r}")
+        condition = _QUOTED.sub("", condition)
         for pattern in _COMPARISONS:
             for match in pattern.finditer(condition):
                 groups = match.groups()
