@@ -373,9 +373,9 @@ def test_real_cbis_csvs_count_every_row_and_reject_each_planted_fault(real_csv_d
 @pytest.mark.slow
 def test_full_real_csvs_resolve_against_a_full_size_tree_in_seconds(real_csv_dir, tmp_path):
     """Throughput (issue 3, item 7): all 3,568 rows against a ~10,000-file NBIA tree."""
-    from mammo.components.ingest.benchmark import run
+    from mammo.components.ingest.benchmark import bench
 
-    report = run(real_csv_dir, tmp_path)
+    report = bench(real_csv_dir, tmp_path)
     assert {name: c.read for name, c in report.counts.items() if name in REAL_ROWS} == REAL_ROWS
     assert report.totals.rejected == 0 and report.totals.ingested == sum(REAL_ROWS.values()) + 1
     assert report.resolution == {"nbia_names": sum(REAL_ROWS.values())}

@@ -2,7 +2,7 @@
 
 Plants one tiny DICOM per file the CSVs name (3,103 full images and the ROI-mask / cropped-image
 series of all 3,568 rows: ~10,000 files in the NBIA download layout, crop and mask in varying
-order), then runs :func:`mammo.components.ingest.logic.ingest` on it and prints rows/s::
+order), then runs :func:`mammo.components.ingest.logic.run` on it and prints rows/s::
 
     python -m mammo.components.ingest.benchmark --csv-dir ../shared/data/cbis-ddsm
     python -m mammo.components.ingest.benchmark --csv-dir ... --emulator   # the same tree via a GCS emulator
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mammo.components.config import IngestConfig
-from mammo.components.ingest.logic import CSV_FILES, IngestReport, ingest, read_case_csv
+from mammo.components.config import Config
+from mammo.components.ingest.logic import CSV_FILES, IngestReport, read_case_csv, run
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ def _normals(root: Path) -> Path:
     return normals
 
 
-def run(csv_dir: str | Path, work: str | Path, emulator: bool = False, io_workers: int = 10,
-        max_rows: int | None = None) -> IngestReport:
+def bench(csv_dir: str | Path, work: str | Path, emulator: bool = False, io_workers: int = 10,
+          max_rows: int | None = None) -> IngestReport:
     """Build the tree under ``work`` and ingest it (locally, or from an in-process GCS emulator)."""
     work = Path(work)
     started = time.perf_counter()
@@ -128,7 +128,7 @@ def run(csv_dir: str | Path, work: str | Path, emulator: bool = False, io_worker
         log.info("uploaded to the emulator in %.1f s", time.perf_counter() - t)
         data_uri, normals_uri = "gs://bench/cbis", "gs://bench/normals"
     try:
-        return ingest(data_uri, normals_uri, work / "out", IngestConfig(io_workers=io_workers))
+        return run(data_uri, normals_uri, work / "out", Config().with_overrides({"ingest.io_workers": io_workers}))
     finally:
         if server is not None:
             server.stop()
@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mammo.components.ingest.logic").setLevel(logging.ERROR)
     logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        report = run(args.csv_dir, args.work or tmp, emulator=args.emulator, io_workers=args.io_workers,
-                     max_rows=args.max_rows)
+        report = bench(args.csv_dir, args.work or tmp, emulator=args.emulator, io_workers=args.io_workers,
+                       max_rows=args.max_rows)
     t = report.totals
     print(json.dumps({"rows": t.read, "ingested": t.ingested, "rejected": t.rejected,
                       "header_reads": report.header_reads, "seconds": report.seconds,
