@@ -101,11 +101,29 @@ def cmd_compile(args) -> None:
     print(f"compiled pipeline ({args.profile} profile; images {CPU_IMAGE}, {GPU_IMAGE}) -> {args.out}")
 
 
+def cmd_lint(args) -> None:
+    from mammo.pipelines.lint import lint_file
+
+    problems = [(path, p) for path in args.files for p in lint_file(path)]
+    for path, problem in problems:
+        print(f"{path}: {problem}")
+    if problems:
+        raise SystemExit(f"{len(problems)} problem(s): the KFP backend would reject or mis-run this pipeline")
+    print(f"OK: {', '.join(args.files)} pass the KFP backend's input-resolution rules")
+
+
+def _auth(args):
+    from mammo.pipelines.remote import Auth
+
+    return Auth.from_env(args.namespace, args.token, args.token_file, args.in_cluster_credentials)
+
+
 def cmd_submit(args) -> None:
     from mammo.pipelines.remote import submit_run
 
     done = submit_run(args.host, _config(args), args.data, args.normals, args.serving_root,
-                      experiment=args.experiment, run_name=args.run_name, extract_shards=args.extract_shards)
+                      experiment=args.experiment, run_name=args.run_name, extract_shards=args.extract_shards,
+                      auth=_auth(args))
     print(f"submitted run {done.run_id} (pipeline version {done.version_name}) to {args.host}: {done.url}")
 
 
@@ -114,7 +132,10 @@ def cmd_schedule(args) -> None:
 
     validate_cron(args.cron)  # a clear error before compiling or contacting the server
     done = schedule_runs(args.host, _config(args), args.data, args.normals, args.serving_root, cron=args.cron,
-                         experiment=args.experiment, job_name=args.job_name, extract_shards=args.extract_shards)
+                         experiment=args.experiment, job_name=args.job_name, extract_shards=args.extract_shards,
+                         auth=_auth(args))
+    if done.replaced:
+        print(f"replaced the recurring run(s) named {args.job_name}: {', '.join(done.replaced)}")
     print(f"scheduled recurring run {done.recurring_run_id} ({args.cron}, one at a time, no catch-up; "
           f"pipeline version {done.version_name}) on {args.host}: {done.url}")
 
@@ -299,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_compile)
 
+    p = sub.add_parser("lint", help="check a compiled pipeline YAML against the KFP backend's input-resolution rules")
+    p.add_argument("files", nargs="+", metavar="FILE.yaml")
+    p.set_defaults(func=cmd_lint)
+
     for name, func in (("submit", cmd_submit), ("schedule", cmd_schedule)):
         p = sub.add_parser(name, help=f"{name} the pipeline on a Kubeflow Pipelines API server")
         p.add_argument("--host", required=True,
@@ -307,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--normals", required=True)
         p.add_argument("--serving-root", required=True, help="model repository TF Serving reads")
         p.add_argument("--experiment", default="mammo")
+        p.add_argument("--namespace", default="", help="profile namespace of the experiment (multi-user Kubeflow)")
+        p.add_argument("--token", default="", help="bearer token for the KFP API (default: $KF_PIPELINES_TOKEN)")
+        p.add_argument("--token-file", default="", help="file holding a bearer token")
+        p.add_argument("--in-cluster-credentials", action="store_true",
+                       help="use this pod's service-account token (submitting from inside the cluster)")
         p.add_argument("--extract-shards", type=int, default=4)
         if name == "submit":
             p.add_argument("--run-name")
