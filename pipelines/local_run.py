@@ -85,8 +85,11 @@ def build_summary(run_dir: Path, cfg: Config) -> dict:
         # evaluation depth (issue 6): intervals, calibration, subgroups (compact: no per-class recall)
         b = summary["backbones"][ev["backbone"]]
         for split in ("validation", "test"):
-            b[split].update({k: ev[split].get(k) for k in ("n_patients", "ece", "nll", "brier")})
+            b[split].update({k: ev[split].get(k) for k in ("n_patients", "ece", "nll", "brier", "undefined_auc")})
         b["test"]["ci"] = ev["test"].get("ci")
+        audit = ev.get("shortcut_audit") or {}
+        b["shortcut_audit"] = {k: audit.get(k) for k in ("available", "macro_auc", "model_macro_auc",
+                                                         "model_minus_shortcut", "features", "note") if k in audit}
         b["test"]["subgroups"] = {
             col: ({"groups": [{k: g[k] for k in ("value", "n", "accuracy", "macro_auc")} for g in sg["groups"]]}
                   if sg.get("available") else {"available": False, "note": sg.get("note")})
@@ -98,7 +101,8 @@ def build_summary(run_dir: Path, cfg: Config) -> dict:
         summary["gate"] = {k: gate[k] for k in ("metric", "value", "threshold", "champion_value", "promoted",
                                                   "reason")}
         summary["gate"].update({k: gate.get(k) for k in ("forced", "would_promote", "champion_version", "value_ci",
-                                                         "max_auc_drop", "class_floors", "checks", "notes")})
+                                                         "max_auc_drop", "class_floors", "checks", "notes",
+                                                         "champion_comparison")})
     if deploy:
         summary["serving"] = {k: deploy[k] for k in ("model_name", "version", "path")}
     return summary

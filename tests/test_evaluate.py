@@ -148,6 +148,12 @@ def test_evaluate_run_on_tfrecords_writes_consistent_outputs(tmp_path):
     assert "<svg" in page and "Shortcut audit" in page
     # Grad-CAM overlays: a sample of test patches per class, embedded as PNG data
     assert on_disk["explanations"]["gradcam"]["available"] and page.count("alt=\"Grad-CAM of") >= 5
+    # the run summary carries the audit beside the model's AUC under a key naming the shortcut
+    from mammo.pipelines.local_run import build_summary
+
+    summary = build_summary(tmp_path, cfg)["backbones"]["tiny"]
+    assert summary["shortcut_audit"]["macro_auc"] == audit["macro_auc"]
+    assert summary["shortcut_audit"]["model_macro_auc"] == summary["test"]["macro_auc"]
 
 
 def test_evaluate_component_body_logs_kfp_metrics_confusion_matrix_and_roc(tmp_path):
