@@ -1,4 +1,4 @@
-"""One reader of image headers (DICOM, PNG, JPEG, TIFF), bounded in bytes and time, pixels never read.
+"""One reader of image headers (DICOM, PNG, JPEG, TIFF, DDSM LJPEG), bounded in bytes and time, pixels never read.
 
 Ingest resolves and describes every image from its header alone; other steps use the same reader
 for a size check before any decode. :func:`read_header` takes a local path, a ``gs://`` URI (read
@@ -16,6 +16,7 @@ message never quotes file content.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -32,6 +33,8 @@ HEADER_TIMEOUT_S = 20.0
 HEADER_BLOCK = 16 * 1024
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+#: DDSM's lossless JPEG files (decoded by mammo.components.decoders; here only their frame header)
+LJPEG_SUFFIXES = (".ljpeg", ".ljpg")
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
 # reason codes of HeaderError (ingest turns them into reject reasons)
@@ -223,6 +226,37 @@ def _picture_header(fh: IO[bytes], what: str, name: str) -> Header:
                   samples_per_pixel=len(mode) if mode in ("RGB", "RGBA", "LA", "CMYK") else 1, frames=frames)
 
 
+def _ljpeg_header(fh: IO[bytes], what: str) -> Header:
+    """Size and precision from the JPEG frame header (SOFn) of a DDSM ``.LJPEG`` stream."""
+    if fh.read(2) != b"\xff\xd8":
+        raise HeaderError(NOT_AN_IMAGE, f"{what}: not a JPEG stream (no SOI marker)")
+    while True:
+        byte = fh.read(1)
+        if not byte:
+            raise HeaderError(NOT_AN_IMAGE, f"{what}: no JPEG frame header before the end of the file")
+        if byte != b"\xff":
+            continue
+        marker = fh.read(1)
+        while marker == b"\xff":
+            marker = fh.read(1)
+        if not marker or marker in (b"\x00", b"\xd8") or b"\xd0" <= marker <= b"\xd7":
+            continue
+        length = int.from_bytes(fh.read(2), "big")
+        if b"\xc0" <= marker <= b"\xcf" and marker not in (b"\xc4", b"\xc8", b"\xcc"):
+            seg = fh.read(6)
+            if len(seg) < 6:
+                break
+            bits, rows, cols, comps = seg[0], int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"), seg[5]
+            if rows <= 0 or cols <= 0:
+                break
+            return Header(rows=rows, cols=cols, bits_stored=bits, bits_allocated=16 if bits > 8 else 8,
+                          photometric="MONOCHROME2", image_format="ljpeg", samples_per_pixel=comps)
+        if length < 2:
+            break
+        fh.seek(length - 2, io.SEEK_CUR)
+    raise HeaderError(NOT_AN_IMAGE, f"{what}: JPEG frame header without a usable size")
+
+
 def read_header(
     source: str | os.PathLike | bytes,
     *,
@@ -249,7 +283,8 @@ def read_header(
     try:
         with storage.open_read(uri, size=size, block=HEADER_BLOCK) as fh:
             if size is None and not storage.is_gcs(uri):
-                size = os.fstat(fh.fileno()).st_size
+                with contextlib.suppress(OSError, io.UnsupportedOperation, AttributeError):
+                    size = os.fstat(fh.fileno()).st_size
             return _read(fh, name, size, max_bytes, timeout_s)
     except storage.NotRegularFile as exc:
         raise HeaderError(NOT_A_REGULAR_FILE, str(exc)) from None
@@ -265,4 +300,6 @@ def _read(fh: IO[bytes], name: str, size: int | None, max_bytes: int, timeout_s:
         raise HeaderError(EMPTY_FILE, f"{what}: empty file (0 bytes)")
     if head[128:132] == b"DICM" or name.lower().endswith(DICOM_SUFFIXES):
         return _dicom_header(bounded, what, max_bytes)
+    if name.lower().endswith(LJPEG_SUFFIXES):
+        return _ljpeg_header(bounded, what)
     return _picture_header(bounded, what, name)

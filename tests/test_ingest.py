@@ -521,7 +521,7 @@ def test_scanned_ddsm_normals_record_scanner_and_bit_depth(small_synth, tmp_path
         Image.fromarray(np.full((80, 64), 3000, np.uint16)).save(normals / f"A_0200_1.{side}_CC.png")
     (normals / "A_0200_1.LEFT_MLO.LJPEG").write_bytes(b"raw")
     with caplog.at_level(logging.DEBUG):
-        report = ingest(small_synth / "cbis", tmp_path / "normals", tmp_path / "out", IngestConfig())
+        report = ingest(small_synth / "cbis", tmp_path / "normals", tmp_path / "out", LENIENT)
     cases = pd.read_parquet(tmp_path / "out/cases.parquet")
     normal = cases[cases["source"] == "ddsm-normal"].sort_values("side")
     assert normal[["patient_id", "side", "view", "scanner", "bits_stored", "image_format"]].values.tolist() == [
@@ -529,12 +529,13 @@ def test_scanned_ddsm_normals_record_scanner_and_bit_depth(small_synth, tmp_path
     # the 80x64 PNGs are not the 4696x3024 views the .ics describes: its resolution does not apply to them
     assert normal["pixel_spacing_mm"].tolist() == [0.05, 0.05]
     assert normal["pixel_spacing_source"].tolist() == ["default:ddsm-normal"] * 2
-    assert report.counts["normals/"].read == 2
-    skipped = pd.read_parquet(tmp_path / "out/skipped.parquet").sort_values("path")
-    assert skipped[["path", "reason"]].values.tolist() == [
-        ["normal_01/case0200/A-0200-1.ics", "metadata_file"],
-        ["normal_01/case0200/A_0200_1.LEFT_MLO.LJPEG", "ljpeg_not_converted"]]
-    assert report.skipped_reasons == {"metadata_file": 1, "ljpeg_not_converted": 1}
+    # an .LJPEG is an image like any other: this one is not even a JPEG stream
+    assert report.counts["normals/"].read == 3
+    rejects = pd.read_parquet(tmp_path / "out/rejects.parquet")
+    assert rejects[["source_file", "reason"]].values.tolist() == [["normals/", "not_an_image"]]
+    assert "A_0200_1.LEFT_MLO.LJPEG: not a JPEG stream" in rejects["message"].iloc[0]
+    skipped = pd.read_parquet(tmp_path / "out/skipped.parquet")
+    assert skipped[["path", "reason"]].values.tolist() == [["normal_01/case0200/A-0200-1.ics", "metadata_file"]]
     _assert_nothing_contains(tmp_path / "out", caplog.text, ["2 7 1995", "PATIENT_AGE"])
 
 

@@ -118,3 +118,38 @@ def test_the_byte_bound_holds_for_any_stream():
     data = io.BytesIO()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(data, format="PNG")
     assert read_header(data.getvalue(), name="y.png", max_bytes=4096).rows == 8
+
+
+def _sof3_stream(rows: int, cols: int, bits: int) -> bytes:
+    """The marker segments of a lossless JPEG up to its frame header (what ingest reads of a .LJPEG)."""
+    app = b"\xff\xe0" + (16).to_bytes(2, "big") + b"JFIF\0" + bytes(9)
+    sof = b"\xff\xc3" + (11).to_bytes(2, "big") + bytes([bits]) + rows.to_bytes(2, "big") + cols.to_bytes(2, "big")
+    return b"\xff\xd8" + app + sof + b"\x01\x01\x11\x00"
+
+
+def test_ddsm_ljpeg_size_and_precision_come_from_its_frame_header():
+    h = read_header(_sof3_stream(4696, 3024, 12), name="A_0200_1.LEFT_CC.LJPEG")
+    assert (h.rows, h.cols, h.bits_stored, h.image_format) == (4696, 3024, 12, "ljpeg")
+    with pytest.raises(HeaderError) as err:
+        read_header(b"raw bytes", name="A_0200_1.LEFT_CC.LJPEG")
+    assert err.value.reason == "not_an_image"
+
+
+def test_a_slow_source_is_abandoned_after_the_time_bound(monkeypatch, tmp_path):
+    import contextlib
+    import time
+
+    from mammo.components import storage
+
+    class Slow(io.BytesIO):
+        def read(self, n=-1):
+            time.sleep(0.2)
+            return super().read(min(n, 16) if n and n > 0 else 16)
+
+    path = _dicom(tmp_path / "slow.dcm")
+    monkeypatch.setattr(storage, "open_read",
+                        lambda uri, size=None, block=0: contextlib.nullcontext(Slow(Path(uri).read_bytes())))
+    started = time.monotonic()
+    with pytest.raises(HeaderError) as err:
+        read_header(str(path), timeout_s=0.5)
+    assert err.value.reason == "header_timeout" and time.monotonic() - started < 3

@@ -2,10 +2,10 @@
 
 Rows come from ``manifest.csv`` (columns ``patient_id, side, view, path`` and optionally
 ``scanner, bits_stored, pixel_spacing_mm``) when present, else from the file names: DDSM's own
-``A_0018_1.LEFT_CC.jpg`` (the case ``A-0018-1.ics`` beside it gives digitizer, bits and resolution
-per view) or ``N_00001_LEFT_CC.dcm``. Files that are not images (the ``.ics`` and the manifest
-themselves, unconverted ``.LJPEG``, unknown extensions such as ``.dcm.bak``, names with stray
-whitespace, hidden files) are listed in ``skipped`` with a reason; image files that cannot be read
+``A_0018_1.LEFT_CC.LJPEG`` / ``.jpg`` / ``.png`` (the case ``A-0018-1.ics`` beside it gives digitizer,
+bits and resolution per view) or ``N_00001_LEFT_CC.dcm``. Files that are not images (the ``.ics``
+and the manifest themselves, unknown extensions such as ``.dcm.bak``, names with stray whitespace,
+hidden files) are listed in ``skipped`` with a reason; image files that cannot be read
 (0 bytes, text named ``.png``, a link leaving the folder, a FIFO) are rejects.
 
 Bit depth: the metadata's (manifest / ``.ics``) unless the file holds fewer bits (an 8-bit JPEG of
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 SOURCE = "ddsm-normal"
 MANIFEST_REQUIRED = ["patient_id", "side", "view", "path"]
 MANIFEST_OPTIONAL = ["scanner", "bits_stored", "pixel_spacing_mm"]
-LJPEG_SUFFIXES = (".ljpeg", ".ljpg")
 
 #: ``N_00001_LEFT_CC.dcm`` (synthetic / converted) or DDSM's ``A_0200_1.LEFT_CC.png``
 _NORMAL_NAME = re.compile(r"^(?P<patient>.+?)[._](?P<side>LEFT|RIGHT)[._](?P<view>CC|MLO)(?:\.[A-Za-z0-9]+)+$", re.I)
@@ -119,9 +118,6 @@ def _skip_reason(entry: Entry) -> tuple[str, str] | None:
         return R.SKIP_HIDDEN, f"{name!r}: hidden file"
     if lower.endswith(".ics"):
         return R.SKIP_METADATA, "DDSM case file: digitizer, bits and resolution read from it"
-    if lower.endswith(LJPEG_SUFFIXES):
-        return R.SKIP_LJPEG, ("DDSM .LJPEG is not read by ingest: convert it to a 16-bit PNG or DICOM "
-                              "(keeping the DDSM name) and put that beside it")
     if not lower.endswith(IMAGE_SUFFIXES):
         return R.SKIP_UNKNOWN_EXTENSION, (f"{name!r}: not an image extension "
                                           f"({', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)})")

@@ -30,12 +30,11 @@ REASONS = (MISSING_FILE, UNREADABLE_DICOM, EMPTY_FILE, NOT_AN_IMAGE, HEADER_TOO_
 
 # -- skipped: a file in the normals folder that is not meant to be a case ------------------------
 SKIP_METADATA = "metadata_file"
-SKIP_LJPEG = "ljpeg_not_converted"
 SKIP_UNKNOWN_EXTENSION = "unknown_extension"
 SKIP_ODD_NAME = "whitespace_in_name"
 SKIP_HIDDEN = "hidden_file"
 SKIP_NOT_IN_MANIFEST = "not_in_manifest"
-SKIP_REASONS = (SKIP_METADATA, SKIP_LJPEG, SKIP_UNKNOWN_EXTENSION, SKIP_ODD_NAME, SKIP_HIDDEN, SKIP_NOT_IN_MANIFEST)
+SKIP_REASONS = (SKIP_METADATA, SKIP_UNKNOWN_EXTENSION, SKIP_ODD_NAME, SKIP_HIDDEN, SKIP_NOT_IN_MANIFEST)
 
 
 class IngestError(RuntimeError):

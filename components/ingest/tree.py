@@ -28,14 +28,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mammo.components import contracts, storage
-from mammo.components.headers import DICOM_SUFFIXES, Header, HeaderError, read_header
+from mammo.components.headers import DICOM_SUFFIXES, LJPEG_SUFFIXES, Header, HeaderError, read_header
 from mammo.components.ingest.reasons import PATH_OUTSIDE_ROOT, RowRejected
 from mammo.components.ingest.tables import CsvError, read_csv
 from mammo.components.storage import Entry
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = DICOM_SUFFIXES + (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = DICOM_SUFFIXES + (".png", ".tif", ".tiff", ".jpg", ".jpeg") + LJPEG_SUFFIXES
 
 #: a CBIS-DDSM folder name: ``Mass-Training_P_00001_LEFT_CC`` (+ ``_<abnormality id>`` for ROI series)
 CBIS_FOLDER = re.compile(
