@@ -224,18 +224,15 @@ def test_workspace_is_removed_on_error(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_workspace_of_a_killed_process_is_removed_by_the_next_export(tmp_path: Path) -> None:
-    code = ("import os, sys; from mammo.components.deploy.export import export_workspace\n"
-            "with export_workspace(sys.argv[1]) as w:\n"
-            "    (w / 'export').mkdir(); os._exit(9)\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, timeout=120)
-    assert proc.returncode == 9
-    (left,) = tmp_path.iterdir()  # what kill -9 leaves behind
-    assert left.name.startswith(export.WORKSPACE_PREFIX)
-    live = tmp_path / f"{export.WORKSPACE_PREFIX}live"
-    live.mkdir()
-    (live / "owner.pid").write_text(str(os.getpid()))  # a running export of this process: kept
-    with export_workspace(tmp_path) as work:
-        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, work.name])
-    assert remove_stale_workspaces(tmp_path) == []
+def test_workspaces_of_live_owners_are_kept_and_of_dead_ones_removed(tmp_path: Path) -> None:
+    live, dead = tmp_path / f"{export.WORKSPACE_PREFIX}live", tmp_path / f"{export.WORKSPACE_PREFIX}dead"
+    for folder, pid in ((live, os.getpid()), (dead, _dead_pid())):
+        folder.mkdir()
+        (folder / "owner.pid").write_text(str(pid))
+    assert remove_stale_workspaces(tmp_path) == [dead.name]
     assert [p.name for p in tmp_path.iterdir()] == [live.name]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)

@@ -53,9 +53,17 @@ BATCH_SIZE = 32
 def load_image_info(path: str | Path, max_pixels: int | None = None) -> tuple[np.ndarray, Any]:
     """A file as uint8 ``[H, W]`` (documented mapping) and its :class:`ImageInfo`; the header's size
     is checked against ``max_pixels`` before decoding."""
-    from mammo.components.imaging import read_image, to_uint8
+    from PIL import Image
 
-    pixels, info = read_image(str(path), max_pixels)
+    from mammo.components.imaging import ImageTooLarge, read_image, to_uint8
+
+    try:
+        pixels, info = read_image(str(path), max_pixels)
+    except ImageTooLarge as err:
+        raise ImageTooLarge(str(err).replace("patches.max_pixels", "deploy.max_image_pixels")) from None
+    except Image.DecompressionBombError as err:  # PIL's own header check fired first
+        raise ImageTooLarge(f"{path}: {err} Refused before decoding (pixel budget {max_pixels:,}, "
+                            "deploy.max_image_pixels)") from None
     return to_uint8(pixels, info.bits_stored, info.photometric, info.signed), info
 
 

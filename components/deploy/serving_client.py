@@ -105,7 +105,7 @@ def http_json(url: str, body: Mapping[str, Any] | None = None, timeout_s: float 
             detail = str(json.loads(detail).get("error", detail))
         except (ValueError, AttributeError):
             pass
-        raise ServingError(f"{url}: HTTP {err.code}: {detail[:500]}") from None
+        raise ServingError(f"{url}: HTTP {err.code}: {graph_error_message(detail)[:500]}") from None
     except urllib.error.URLError as err:
         raise ServingError(f"{url}: unreachable: {err.reason}") from None
     except (OSError, ValueError) as err:  # timeouts, resets, a body that is not JSON
@@ -125,9 +125,13 @@ class RestClient:
         self.predict_url = model_url(url, model_name, version) + ":predict"
 
     def predict(self, signature: str, images: Sequence[np.ndarray]) -> dict[str, Any]:
-        answer = http_json(self.predict_url, rest_request_body(signature, images), self.timeout_s)
+        return self.send(rest_request_body(signature, images), len(images))
+
+    def send(self, body: Mapping[str, Any], n: int) -> dict[str, Any]:
+        """POST a predict body of ``n`` instances; the outputs as columns."""
+        answer = http_json(self.predict_url, body, self.timeout_s)
         predictions = answer.get("predictions")
-        if not isinstance(predictions, list) or len(predictions) != len(images) or not all(
+        if not isinstance(predictions, list) or len(predictions) != n or not all(
             isinstance(row, dict) for row in predictions
         ):
             raise ServingError(f"unexpected answer from {self.predict_url}: {str(answer)[:300]}")
@@ -167,15 +171,18 @@ class GrpcClient:
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def predict(self, signature: str, images: Sequence[np.ndarray]) -> dict[str, Any]:
+        return self.send(grpc_predict_request(self.model_name, signature, images, self.version))
+
+    def send(self, request: Any) -> dict[str, Any]:
+        """Send a ``PredictRequest``; the outputs as numpy arrays."""
         import grpc
         import tensorflow as tf
 
-        request = grpc_predict_request(self.model_name, signature, images, self.version)
         try:
             response = self._stub.Predict(request, timeout=self.timeout_s)
         except grpc.RpcError as err:
             code = err.code().name if hasattr(err, "code") else "UNKNOWN"
-            details = err.details() if hasattr(err, "details") else str(err)
+            details = graph_error_message(err.details() if hasattr(err, "details") else str(err))
             raise ServingError(f"gRPC {self.host_port} {self.model_name}: {code}: {details}") from None
         return {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
 
@@ -227,7 +234,8 @@ def graph_error_message(message: str) -> str:
     """The readable part of a TF graph error: the failed assertion's text without TF's brackets."""
     match = re.search(r"assertion failed: (.*)", message)
     if match:
-        return re.sub(r"\]\s*\[", " ", match.group(1)).strip("[] ")
+        prefix = message.split(":", 1)[0] + ": " if re.match(r"\w+Error:", message) else ""
+        return prefix + re.sub(r"\]\s*\[", " ", match.group(1)).strip("[] ")
     lines = [line.strip() for line in message.splitlines() if line.strip() and "Graph execution error" not in line]
     return lines[0] if lines else message.strip()
 
