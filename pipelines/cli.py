@@ -244,7 +244,7 @@ def cmd_bench_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from mammo.components.evaluate.logic import run
 
-    result = run(args.model, args.dataset, args.out, _config(args), args.backbone)
+    result = run(args.model, args.dataset, args.out, _config(args), args.backbone, cases=args.cases)
     summary = {s: {k: result[s][k] for k in ("n", "accuracy", "macro_auc", "macro_f1")} for s in ("validation", "test")}
     summary["shortcut_audit_macro_auc"] = (result.get("shortcut_audit") or {}).get("macro_auc")
     _print_json(summary)
@@ -427,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="train output folder")
     p.add_argument("--dataset", required=True, help="balance_split output folder")
     p.add_argument("--backbone", help="default: the train output's report")
+    p.add_argument("--cases", help="ingest output folder: heatmaps of a few full test images in the report")
     p.add_argument("--out", required=True)
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)

@@ -122,6 +122,29 @@ def _tiny_model_and_dataset(tmp_path):
     return tmp_path / "model", tmp_path
 
 
+def _full_images(tmp_path):
+    """An ingest output whose cases are five of the test split's, each a full image with an ROI mask."""
+    from PIL import Image
+
+    from mammo.components.contracts import CASES
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(5):
+        image = rng.normal(90, 10, (48, 40)).clip(0, 255).astype(np.uint8)
+        mask = np.zeros_like(image)
+        image[20:26, 14:20] = 220
+        mask[20:26, 14:20] = 255
+        Image.fromarray(image).save(tmp_path / f"full{i}.png")
+        Image.fromarray(mask).save(tmp_path / f"mask{i}.png")
+        rows.append({"case_id": f"Mass-Test_P_{i // 2}_LEFT_{'CC' if i % 2 else 'MLO'}_1", "label": CLASS_NAMES[i],
+                     "image_uri": str(tmp_path / f"full{i}.png"),
+                     "roi_mask_uri": str(tmp_path / f"mask{i}.png") if i < 4 else None, "pixel_spacing_mm": 0.5})
+    (tmp_path / "cases").mkdir()
+    pd.DataFrame(rows).to_parquet(tmp_path / "cases" / CASES)
+    return tmp_path / "cases"
+
+
 def test_evaluate_run_on_tfrecords_writes_consistent_outputs(tmp_path):
     """The real step: a tiny Keras model over real TFRecords (no mocks), outputs read back."""
     from mammo.components.config import load_config
@@ -129,9 +152,11 @@ def test_evaluate_run_on_tfrecords_writes_consistent_outputs(tmp_path):
     from mammo.components.evaluate.logic import run
 
     model_dir, dataset = _tiny_model_and_dataset(tmp_path)
+    cases = _full_images(tmp_path)
     out = tmp_path / "eval"
-    cfg = load_config("demo", overrides=["evaluate.bootstrap_resamples=20", "evaluate.shortcut_folds=3", "seed=1"])
-    result = run(model_dir, dataset, out, cfg)  # the backbone comes from the train report
+    cfg = load_config("demo", overrides=["evaluate.bootstrap_resamples=20", "evaluate.shortcut_folds=3", "seed=1",
+                                         "patches.normal_crop_mm=4"])
+    result = run(model_dir, dataset, out, cfg, cases=cases)  # the backbone comes from the train report
     on_disk = json.loads((out / "metrics.json").read_text())
     assert read_report(out)["step"] == "evaluate" and result["backbone"] == "tiny"
     assert on_disk["test"]["accuracy"] == result["test"]["accuracy"] and on_disk["train"]["seconds"] == 60.0
@@ -148,6 +173,10 @@ def test_evaluate_run_on_tfrecords_writes_consistent_outputs(tmp_path):
     assert "<svg" in page and "Shortcut audit" in page
     # Grad-CAM overlays: a sample of test patches per class, embedded as PNG data
     assert on_disk["explanations"]["gradcam"]["available"] and page.count("alt=\"Grad-CAM of") >= 5
+    # heatmaps of full test images (ingest's cases point at them), with the ROI outline
+    heatmaps = on_disk["explanations"]["heatmaps"]
+    assert heatmaps["available"] and len(heatmaps["images"]) == 5 and "Heatmaps of full test images" in page
+    assert set(heatmaps["localisation"]) == set(CLASS_NAMES) - {"normal"}
     # the run summary carries the audit beside the model's AUC under a key naming the shortcut
     from mammo.pipelines.local_run import build_summary
 

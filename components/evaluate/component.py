@@ -19,9 +19,10 @@ from mammo.components.config import CPU_IMAGE
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def evaluate(model: Input[Model], dataset: Input[Dataset], backbone: str, evaluation: Output[Artifact],
                 metrics: Output[Metrics], classification: Output[ClassificationMetrics], report: Output[HTML],
-                config: dict = {}):
+                config: dict = {}, cases: Input[Dataset] = None):
     """Validation and test metrics with intervals, calibration and the shortcut audit; KFP Metrics,
-    ClassificationMetrics, HTML (logic: :func:`mammo.components.evaluate.logic.run`)."""
+    ClassificationMetrics, HTML (logic: :func:`mammo.components.evaluate.logic.run`). With ``cases``
+    (ingest's output) the report also shows heatmaps of a few full test images."""
     import math
 
     from mammo.components.config import CLASS_NAMES, Config
@@ -29,7 +30,8 @@ def evaluate(model: Input[Model], dataset: Input[Dataset], backbone: str, evalua
     from mammo.components.runtime import setup_logging
 
     setup_logging()
-    result = run(model.path, dataset.path, evaluation.path, Config.from_dict(config), backbone, report.path)
+    result = run(model.path, dataset.path, evaluation.path, Config.from_dict(config), backbone, report.path,
+                 cases.path if cases is not None else None)
 
     def log(key: str, value) -> None:  # KFP metadata is JSON: skip undefined values
         if value is not None and math.isfinite(float(value)):

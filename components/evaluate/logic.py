@@ -175,13 +175,14 @@ def evaluate_predictions(predictions: dict[str, tuple], cfg: EvaluateConfig, see
 
 
 def run(model: str | Path, dataset: str | Path, evaluation: str | Path, cfg: Config, backbone: str | None = None,
-        report_html: str | Path | None = None) -> dict:
+        report_html: str | Path | None = None, cases: str | Path | None = None) -> dict:
     """The evaluate step: metrics of the model in ``model`` on ``dataset``'s validation and test splits.
 
     Writes into ``evaluation``: ``metrics.json`` (read by the gate), ``report.json`` (the same record,
     tagged ``step: evaluate``), ``predictions.parquet`` (split, patch / case / patient id, true label,
     probabilities; the gate's paired champion comparison reads the test rows) and the HTML report
     (also copied to ``report_html`` when given). ``backbone`` defaults to the train report's.
+    With ``cases`` (ingest's output) the report also shows heatmaps of a few full test images.
     """
     import keras
 
@@ -212,7 +213,7 @@ def run(model: str | Path, dataset: str | Path, evaluation: str | Path, cfg: Con
     if train_report:
         result["train"] = {k: train_report.get(k) for k in ("seconds", "epochs_per_stage", "input_size", "batch_size",
                                                               "preprocessing", "weights", "images_per_second")}
-    explanations = _explanations(net, predictions["test"], ecfg, cfg.seed)
+    explanations = _explanations(net, predictions["test"], cfg, cases)
     result["explanations"] = {k: v for k, v in explanations.items() if k != "figures"}
     write_json(out / METRICS, result)
     write_report(out, "evaluate", result)
@@ -234,18 +235,39 @@ def _audit_table(splits: pd.DataFrame | None, predictions: dict[str, Predictions
     return sample_attributes(records, splits) if splits is not None else records
 
 
-def _explanations(net, test: Predictions, cfg: EvaluateConfig, seed: int) -> dict:
-    """Grad-CAM overlays of test patches for the report (figures are not stored in metrics.json)."""
+def _explanations(net, test: Predictions, cfg: Config, cases: str | Path | None) -> dict:
+    """Grad-CAM overlays of test patches and heatmaps of full test images for the report.
+
+    Returns the summaries stored in ``metrics.json`` and, under ``figures``, the images (not stored).
+    """
     from mammo.components.explain.gradcam import gradcam_gallery
 
     y, probs, records, images = test
+    out: dict = {"figures": {}}
     try:
-        figures = gradcam_gallery(net, images, y, probs, records["patch_id"].tolist(), cfg.gradcam_per_class, seed)
-    except ValueError as exc:  # e.g. a model without a convolutional layer
+        figures = gradcam_gallery(net, images, y, probs, records["patch_id"].tolist(), cfg.evaluate.gradcam_per_class,
+                                  cfg.seed)
+        out["gradcam"] = {"available": bool(figures), "n": len(figures), "method": "Grad-CAM (Selvaraju et al. 2017)"}
+        out["figures"]["gradcam"] = figures
+    except ValueError as exc:  # e.g. a model without a spatial layer
         log.warning("no Grad-CAM overlays: %s", exc)
-        return {"gradcam": {"available": False, "note": str(exc)}}
-    return {"gradcam": {"available": True, "n": len(figures), "method": "Grad-CAM (Selvaraju et al. 2017)"},
-            "figures": {"gradcam": figures}}
+        out["gradcam"] = {"available": False, "note": str(exc)}
+    if cases is None or cfg.evaluate.heatmap_images_per_class <= 0:
+        out["heatmaps"] = {"available": False, "note": "no cases input (ingest's output) or "
+                                                       "evaluate.heatmap_images_per_class is 0"}
+        return out
+    from mammo.components.contracts import read_cases
+    from mammo.components.evaluate.heatmaps import heatmap_gallery
+
+    size = int(net.input_shape[1])
+
+    def predict_fn(windows: np.ndarray) -> np.ndarray:
+        return np.asarray(net.predict(windows[..., np.newaxis].astype(np.float32), verbose=0), dtype=np.float32)
+
+    summary, figures = heatmap_gallery(predict_fn, size, read_cases(cases), set(records["case_id"].astype(str)), cfg)
+    out["heatmaps"] = summary
+    out["figures"]["heatmaps"] = {"images": figures, "localisation": summary["localisation"], "note": summary["note"]}
+    return out
 
 
 def _write_predictions(predictions: dict[str, Predictions], path: Path) -> None:
