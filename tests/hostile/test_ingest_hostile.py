@@ -203,6 +203,21 @@ def test_every_file_in_the_normals_folder_is_a_case_a_reject_or_skipped(data, tm
     assert report.totals.read == 6
 
 
+def test_with_a_manifest_every_file_it_does_not_name_is_skipped_and_counted(data, tmp_path):
+    normals = data / "normals"
+    listed = sum(1 for p in normals.rglob("*") if p.is_file()) - 1  # all but the manifest are named in it
+    (normals / "notes.txt").write_text("x")
+    stray = next(normals.rglob("*_CC.dcm"))
+    shutil.copy(stray, stray.with_name("N_77777_LEFT_CC.dcm"))
+    run(data / "cbis", normals, tmp_path / "out", LENIENT)
+    cases, rejects, skipped, saved = _tables(tmp_path / "out")
+    assert dict(zip(skipped["path"].str.rpartition("/")[2], skipped["reason"])) == {
+        contracts.NORMALS_MANIFEST: "metadata_file", "notes.txt": "unknown_extension",
+        "N_77777_LEFT_CC.dcm": "not_in_manifest"}
+    assert (cases["source"] == "ddsm-normal").sum() == listed
+    assert saved["skipped_reasons"] == {"metadata_file": 1, "unknown_extension": 1, "not_in_manifest": 1}
+
+
 # -- CSV failures: file, physical line, what is wrong; every input in the report ---------------------
 
 
