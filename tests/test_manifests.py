@@ -36,6 +36,8 @@ SERVING_DIRS = ("base", "kind", "gpu")
 ALL_SERVING_DIRS = SERVING_DIRS + ("models-config",)
 NAMESPACE = "mammo"
 MODEL_NAME = "mammo"
+#: TF Serving everywhere (plain Deployments and KServe): 2.20 loads the SavedModels TF 2.21 writes
+TF_SERVING = "2.20.0"
 GRPC_PORT, REST_PORT = 8500, 8501
 # Custom resources: no schema in kubernetes_validate, checked structurally below.
 CRD_GROUPS = {"serving.kserve.io"}
@@ -240,7 +242,7 @@ def test_local_model_path_is_read_from_the_mammo_models_claim(name):
     mount = mounts[volume_name]
     assert mount["mountPath"] == "/models" and mount.get("readOnly") is True
     assert effective_args(c)["--model_base_path"] == f"/models/{MODEL_NAME}"
-    assert image_tag(c["image"]) == "2.19.1"
+    assert image_tag(c["image"]) == TF_SERVING
 
 
 # -- overlays -------------------------------------------------------------------------------------
@@ -282,7 +284,7 @@ def test_gpu_overlay_requests_and_tolerates_gpu_and_reads_model_from_gcs():
     pod = dep["spec"]["template"]["spec"]
     c = serving_container(dep)
     assert dep["spec"]["replicas"] == 2
-    assert c["image"] == "tensorflow/serving:2.19.1-gpu"
+    assert c["image"] == f"tensorflow/serving:{TF_SERVING}-gpu"
     assert int(c["resources"]["limits"]["nvidia.com/gpu"]) == 1
     assert int(c["resources"]["requests"].get("nvidia.com/gpu", 1)) == 1
     assert any(
@@ -352,6 +354,8 @@ def test_kserve_inference_service_serves_tensorflow_model_from_storage_uri():
     assert re.fullmatch(rf"(gs|s3|pvc)://\S+/{MODEL_NAME}", model["storageUri"]), model["storageUri"]
     for section in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(model["resources"][section])
+    # KServe's default TF Serving (2.6) cannot load our SavedModel: the runtime version is pinned
+    assert model["runtimeVersion"] == TF_SERVING
     allowed = {"model", "tensorflow", "minReplicas", "maxReplicas", "serviceAccountName"}
     assert set(predictor) <= allowed, f"unexpected predictor fields {set(predictor) - allowed}"
 
@@ -410,3 +414,28 @@ def test_kind_node_ports_match_the_cluster_port_mappings():
     svc = one(render("kind"), "Service")
     mapped = {m["containerPort"] for n in _kind_cluster()["nodes"] for m in n.get("extraPortMappings", [])}
     assert {p["nodePort"] for p in svc["spec"]["ports"]} == mapped
+
+
+@needs_kubectl
+@pytest.mark.parametrize("name", ALL_SERVING_DIRS)
+def test_serving_waits_for_its_first_model_without_being_killed(name):
+    """TF Serving opens its ports only after a first version loads: applied before the first push it
+    must wait (not Ready) for as long as a first pipeline run can take, not crash-loop."""
+    from mammo.components.config import ClusterConfig
+
+    c = serving_container(one(render(name), "Deployment"))
+    assert image_tag(c["image"]).startswith(TF_SERVING)
+    start = c["startupProbe"]
+    window = start.get("periodSeconds", 10) * start.get("failureThreshold", 3) + start.get("initialDelaySeconds", 0)
+    assert window >= 2 * ClusterConfig().train_timeout_s, window
+    assert "httpGet" in c["readinessProbe"]  # not Ready (no traffic) until the model is served
+
+
+def test_every_tf_serving_reference_is_the_same_version():
+    found = set()
+    for path in MANIFESTS.rglob("*.yaml"):
+        text = path.read_text()
+        found |= {m for m in re.findall(r"tensorflow/serving:(\d+\.\d+\.\d+)", text)}
+        found |= set(re.findall(r"newTag: (\d+\.\d+\.\d+)", text))
+        found |= set(re.findall(r'runtimeVersion: "(\d+\.\d+\.\d+)', text))
+    assert found == {TF_SERVING}
