@@ -207,6 +207,9 @@ class TrainConfig:
     #: mixed_float16 (softmax in float32) and XLA: "auto" (on when a GPU is present), "on", "off"
     mixed_precision: Switch = "auto"
     jit_compile: Switch = "auto"
+    #: run every step eagerly (no tf.function tracing, no XLA): slow per step, but a one-step smoke
+    #: run of a large backbone skips minutes of graph building (the CI tests); for debugging too
+    run_eagerly: bool = False
     #: several GPUs in the pod: data-parallel training with tf.distribute.MirroredStrategy
     multi_gpu: bool = True
     #: shuffle buffer of the training set (examples); deterministic with the config's seed

@@ -99,7 +99,7 @@ def test_schedule_sets_layers_and_rates_per_stage_and_fires_plateau_and_early_st
     # min_delta 10: no epoch ever "improves" after the first, so both callbacks must fire
     cfg = tiny_config(stage1_epochs=3, stage1_lr=1e-2, stage2_epochs=1, stage2_lr=1e-3, stage3_max_epochs=10,
                       stage3_lr=1e-3, min_delta=10.0, plateau_patience=1, stage3_plateau_patience=1,
-                      early_stopping_patience=2, min_lr=5e-5)
+                      early_stopping_patience=2, min_lr=5e-5, run_eagerly=True)  # graph steps: the CLI test
     probe = StageProbe()
     result = run(tmp_path / "data", "tinycnn", tmp_path / "model", cfg, callbacks=[probe])
     assert result.epochs_per_stage == [3, 1, 3]  # stage 3 stopped early (patience 2) instead of 10 epochs
@@ -137,7 +137,8 @@ def test_schedule_sets_layers_and_rates_per_stage_and_fires_plateau_and_early_st
 
 
 def test_mammo_train_applies_the_class_weights_of_the_balanced_dataset(tmp_path, capsys):
-    """The CLI and the KFP component call the same entry point, which reads the balance report's weights.
+    """The CLI and the KFP component call the same entry point, which reads the balance report's weights
+    (in graph mode, as in production: the other schedule tests step eagerly).
 
     With every class weighted 0 the weighted training loss is exactly 0, so the history proves the
     weights reached the loss (validation is never weighted)."""
@@ -193,7 +194,9 @@ def test_mobilenet025_trains_from_the_shared_imagenet_weights_with_the_papers_st
     assert len(imagenet) > 50
 
     tiny_dataset(tmp_path / "data", n_per_class=2)
-    cfg = tiny_config(backbones=["mobilenet025"], weights=str(file), bn_momentum=0.0, stage3_lr=1e-3)
+    # eager steps: one step per stage needs no graph (tracing MobileNet's three train steps dominates)
+    cfg = tiny_config(backbones=["mobilenet025"], weights=str(file), bn_momentum=0.0, stage3_lr=1e-3,
+                      run_eagerly=True)
     probe = StageProbe()
     result = run(tmp_path / "data", "mobilenet025", tmp_path / "model", cfg, callbacks=[probe])
     assert result.epochs_per_stage == [1, 1, 1] and result.weights == str(file)

@@ -34,7 +34,7 @@ class Recorder(keras.callbacks.Callback):
 def test_resume_after_a_restart_continues_the_right_stage_and_epoch(tmp_path, gcs_client, gcs_bucket):
     """Checkpoints on GCS; the "pod" loses its disk between the runs, as a KFP retry would."""
     tiny_dataset(tmp_path / "data")
-    cfg = tiny_config(stage1_epochs=1, stage2_epochs=2, stage3_max_epochs=1, stage2_lr=3e-4)
+    cfg = tiny_config(stage1_epochs=1, stage2_epochs=2, stage3_max_epochs=1, stage2_lr=3e-4, run_eagerly=True)
 
     class KillAtEpoch(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -66,7 +66,7 @@ def test_resume_after_a_restart_continues_the_right_stage_and_epoch(tmp_path, gc
 
 def test_nan_loss_in_the_first_epoch_says_nothing_was_checkpointed(tmp_path):
     tiny_dataset(tmp_path / "data")
-    cfg = tiny_config(stage1_lr=1e38, stage1_epochs=3)
+    cfg = tiny_config(stage1_lr=1e38, stage1_epochs=3, run_eagerly=True)
     with pytest.raises(NonFiniteLossError, match="tinycnn stage1 epoch 1: (val_)?loss is nan") as err:
         run(tmp_path / "data", "tinycnn", tmp_path / "model", cfg)
     checkpoints = tmp_path / "model" / "checkpoints"
@@ -76,7 +76,7 @@ def test_nan_loss_in_the_first_epoch_says_nothing_was_checkpointed(tmp_path):
 
 def test_nan_loss_after_finite_epochs_names_the_checkpointed_epoch_and_it_is_there(tmp_path):
     tiny_dataset(tmp_path / "data")
-    cfg = tiny_config(stage1_epochs=2, stage2_epochs=2, stage2_lr=1e38)
+    cfg = tiny_config(stage1_epochs=2, stage2_epochs=2, stage2_lr=1e38, run_eagerly=True)
     with pytest.raises(NonFiniteLossError, match="tinycnn stage2 epoch 3: (val_)?loss is nan") as err:
         run(tmp_path / "data", "tinycnn", tmp_path / "model", cfg)
     checkpoints = tmp_path / "model" / "checkpoints"

@@ -135,6 +135,11 @@ class CheckpointStore:
         net.save_weights(str(tmp))
         tmp.replace(self.dir / name)
 
+    def copy(self, source: str, name: str) -> None:
+        tmp = self.dir / f"tmp-{name}"
+        shutil.copyfile(self.dir / source, tmp)
+        tmp.replace(self.dir / name)
+
     def save_arrays(self, arrays: Sequence[np.ndarray], name: str) -> None:
         tmp = self.dir / f"tmp-{name}"
         with open(tmp, "wb") as fh:
@@ -280,18 +285,18 @@ class EpochCheckpoint(keras.callbacks.Callback):
         st.fit_seconds += time.time() - self._t0
         st.images_seen += self.images_per_epoch
         changed = [CHECKPOINT_LAST_WEIGHTS, CHECKPOINT_OPTIMIZER]
+        self.store.save_weights(self.net, CHECKPOINT_LAST_WEIGHTS)
+        self.store.save_arrays(optimizer_arrays(self.model.optimizer), CHECKPOINT_OPTIMIZER)
         val_loss = logs.get("val_loss")
         if val_loss is not None and (st.best_val_loss is None or float(val_loss) < st.best_val_loss):
             st.best_val_loss, st.best_epoch = float(val_loss), epoch + 1
-            self.store.save_weights(self.net, CHECKPOINT_BEST_WEIGHTS)
+            self.store.copy(CHECKPOINT_LAST_WEIGHTS, CHECKPOINT_BEST_WEIGHTS)  # the same weights: no second save
             changed.append(CHECKPOINT_BEST_WEIGHTS)
         if self.early is not None:
             if self.early.best_weights is not None and self.early.best_epoch == epoch:
                 self.store.save_arrays(self.early.best_weights, CHECKPOINT_EARLY_STOPPING)
                 changed.append(CHECKPOINT_EARLY_STOPPING)
             st.early_stopping = self.early.state()
-        self.store.save_weights(self.net, CHECKPOINT_LAST_WEIGHTS)
-        self.store.save_arrays(optimizer_arrays(self.model.optimizer), CHECKPOINT_OPTIMIZER)
         st.plateau = self.plateau.state()
         st.lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         if st.epochs_done[self.stage_index] >= self.stage_epochs or self.model.stop_training:

@@ -133,7 +133,8 @@ class AugmentedTrainer(keras.Model):
         super().make_train_function(force=True)
         step = self.train_function
         strategy = self.distribute_strategy
-        augment = tf.function(self._augment_batch, reduce_retracing=True)
+        # eager steps (``train.run_eagerly``) augment eagerly too: nothing to trace
+        augment = self._augment_batch if self.run_eagerly else tf.function(self._augment_batch, reduce_retracing=True)
 
         def train_function(iterator):
             # StopIteration / OutOfRangeError end the epoch (Keras catches both)

@@ -342,7 +342,7 @@ def _train(dataset_dir: str | Path, backbone_name: str, out_dir: str | Path, cfg
 
     model_path = out_dir / MODEL_KERAS
     export.save(model_path)
-    val_loss, val_acc, val_auc = _evaluate(export, val_ds)
+    val_loss, val_acc, val_auc = _evaluate(export, val_ds, cfg.run_eagerly)
     state.seconds += time.time() - start
     store.finish(state)
     result = TrainResult(
@@ -352,7 +352,7 @@ def _train(dataset_dir: str | Path, backbone_name: str, out_dir: str | Path, cfg
         train_patches=n_train,
         images_per_second=round(state.images_seen / state.fit_seconds, 1) if state.fit_seconds else 0.0,
         global_batch_size=global_batch, replicas=accel.replicas, mixed_precision=accel.mixed_precision,
-        jit_compile=accel.jit_compile, device=accel.device, restarts=state.restarts,
+        jit_compile=accel.jit_compile and not cfg.run_eagerly, device=accel.device, restarts=state.restarts,
         checkpoint_dir=store.location, tensorboard_dir=str(tb_dir), class_weights=dict(class_weights),
         trainable_layers_per_stage=[trainable_layers(s, len(base.layers)) for s in stages],
     )
@@ -375,7 +375,8 @@ def _run_stage(trainer: AugmentedTrainer, net, base, stage: Stage, index: int, s
             optimizer=keras.optimizers.Adam(learning_rate=lr),
             loss="categorical_crossentropy",
             metrics=["accuracy", keras.metrics.AUC(name="auc")],
-            jit_compile=accel.jit_compile,
+            jit_compile=accel.jit_compile and not cfg.run_eagerly,
+            run_eagerly=cfg.run_eagerly,
         )
         if continuing:
             arrays = store.load_arrays(CHECKPOINT_OPTIMIZER)
@@ -407,8 +408,9 @@ def _run_stage(trainer: AugmentedTrainer, net, base, stage: Stage, index: int, s
                 class_weight=class_weight, callbacks=callbacks, shuffle=False, verbose=0)
 
 
-def _evaluate(model: keras.Model, ds) -> tuple[float, float, float]:
-    model.compile(loss="categorical_crossentropy", metrics=["accuracy", keras.metrics.AUC(name="auc")])
+def _evaluate(model: keras.Model, ds, run_eagerly: bool) -> tuple[float, float, float]:
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy", keras.metrics.AUC(name="auc")],
+                  run_eagerly=run_eagerly)
     res = model.evaluate(ds.map(lambda x, y: (tf.cast(x, tf.float32), y)), verbose=0, return_dict=True)
     return float(res["loss"]), float(res["accuracy"]), float(res["auc"])
 
