@@ -16,15 +16,15 @@ from gcs_emulator import upload_dir
 from PIL import Image
 
 from mammo.components import storage
-from mammo.components.config import IngestConfig
+from mammo.components.config import Config
 from mammo.components.imaging import to_uint8
 from mammo.components.contracts import CASE_COLUMNS
 from mammo.components.headers import HEADER_BLOCK
-from mammo.components.ingest.logic import CSV_FILES, IngestError, assign_subsets, ingest, read_case_csv
+from mammo.components.ingest.logic import CSV_FILES, IngestError, assign_subsets, read_case_csv, run
 from mammo.components.ingest.normals import parse_ics
 from mammo.components.synth.logic import DicomHeader, synthesize, write_dicom
 
-LENIENT = IngestConfig(max_reject_fraction=1.0)
+LENIENT = Config().with_overrides({"ingest.max_reject_fraction": 1.0})
 REAL_ROWS = {"mass_case_description_train_set.csv": 1318, "mass_case_description_test_set.csv": 378,
              "calc_case_description_train_set.csv": 1546, "calc_case_description_test_set.csv": 326}
 #: what identifies a case independently of where its files are
@@ -44,7 +44,7 @@ def small_synth(tmp_path_factory) -> Path:
 def small_cases(small_synth, tmp_path_factory) -> pd.DataFrame:
     """The cases of ``small_synth`` read from its NBIA DICOM tree (the reference for other layouts)."""
     out = tmp_path_factory.mktemp("small_out")
-    ingest(small_synth / "cbis", small_synth / "normals", out, IngestConfig())
+    run(small_synth / "cbis", small_synth / "normals", out, Config())
     return _abnormal(pd.read_parquet(out / "cases.parquet"))
 
 
@@ -62,7 +62,7 @@ def _copy(synth_data, tmp_path) -> Path:
 
 
 def test_synthetic_download_ingests_every_row(synth_data, tmp_path):
-    report = ingest(synth_data / "cbis", synth_data / "normals", tmp_path / "out", IngestConfig())
+    report = run(synth_data / "cbis", synth_data / "normals", tmp_path / "out", Config())
     cases = pd.read_parquet(tmp_path / "out/cases.parquet")
     assert list(cases.columns) == CASE_COLUMNS
     for name in CSV_FILES:
@@ -87,7 +87,7 @@ def test_synthetic_download_ingests_every_row(synth_data, tmp_path):
 
 
 def test_subsets_keep_each_patient_in_one_of_train_and_validation(synth_data, tmp_path):
-    ingest(synth_data / "cbis", synth_data / "normals", tmp_path / "out", IngestConfig(), validation_fraction=0.25)
+    run(synth_data / "cbis", synth_data / "normals", tmp_path / "out", Config().with_overrides({"balance.validation_fraction": 0.25}))
     cases = pd.read_parquet(tmp_path / "out/cases.parquet")
     assert ((cases["split"] == "test") == (cases["subset"] == "test")).all()
     trainval = cases[cases["subset"] != "test"]
@@ -99,7 +99,7 @@ def test_subsets_keep_each_patient_in_one_of_train_and_validation(synth_data, tm
 
 
 def test_benign_without_callback_counts_as_benign(synth_data, tmp_path):
-    ingest(synth_data / "cbis", synth_data / "normals", tmp_path / "out", IngestConfig())
+    run(synth_data / "cbis", synth_data / "normals", tmp_path / "out", Config())
     cases = pd.read_parquet(tmp_path / "out/cases.parquet")
     raw = pd.concat([read_case_csv(synth_data / "cbis" / f) for f in CSV_FILES])
     assert (raw["pathology"] == "BENIGN_WITHOUT_CALLBACK").any()
@@ -135,7 +135,7 @@ def test_bad_row_is_rejected_with_reason_and_nothing_lost(synth_data, tmp_path, 
     data = _copy(synth_data, tmp_path)
     path = data / "cbis/mass_case_description_train_set.csv"
     _edit_csv(path, 2, **change(read_case_csv(path).iloc[2]))
-    report = ingest(data / "cbis", data / "normals", tmp_path / "out", LENIENT)
+    report = run(data / "cbis", data / "normals", tmp_path / "out", LENIENT)
     rejects = pd.read_parquet(tmp_path / "out/rejects.parquet")
     assert list(rejects["reason"]) == [reason]
     assert rejects.iloc[0]["source_file"] == "mass_case_description_train_set.csv"
@@ -149,7 +149,7 @@ def test_duplicate_row_is_rejected(synth_data, tmp_path):
     path = data / "cbis/calc_case_description_test_set.csv"
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     pd.concat([df, df.iloc[[0]]]).to_csv(path, index=False)
-    ingest(data / "cbis", data / "normals", tmp_path / "out", LENIENT)
+    run(data / "cbis", data / "normals", tmp_path / "out", LENIENT)
     rejects = pd.read_parquet(tmp_path / "out/rejects.parquet")
     assert list(rejects["reason"]) == ["duplicate"] and rejects.iloc[0]["source_row"] == len(df) + 1
     assert "calc_case_description_test_set.csv row 1" in rejects.iloc[0]["message"]
@@ -158,13 +158,13 @@ def test_duplicate_row_is_rejected(synth_data, tmp_path):
 def test_unreadable_dicom_and_mask_size_mismatch_are_rejected(synth_data, tmp_path):
     data = _copy(synth_data, tmp_path)
     df = read_case_csv(data / "cbis/mass_case_description_test_set.csv")
-    cases = ingest(data / "cbis", data / "normals", tmp_path / "first", LENIENT)
+    cases = run(data / "cbis", data / "normals", tmp_path / "first", LENIENT)
     table = pd.read_parquet(cases.cases_path)
     rows = table[table["source_file"] == "mass_case_description_test_set.csv"].sort_values("source_row")
     broken, small = rows.iloc[0], rows.iloc[1]
     Path(broken["image_uri"]).write_bytes(b"not a dicom at all")
     write_dicom(Path(small["roi_mask_uri"]), np.zeros((40, 30), np.uint8), _hdr("X", 2))
-    ingest(data / "cbis", data / "normals", tmp_path / "out", LENIENT)
+    run(data / "cbis", data / "normals", tmp_path / "out", LENIENT)
     rejects = pd.read_parquet(tmp_path / "out/rejects.parquet")
     reasons = dict(zip(rejects["source_row"], rejects["reason"]))
     assert reasons[int(broken["source_row"])] == "unreadable_dicom"
@@ -176,13 +176,13 @@ def test_too_many_rejects_fail_the_step_after_writing_rejects(synth_data, tmp_pa
     data = _copy(synth_data, tmp_path)
     shutil.rmtree(data / "cbis/CBIS-DDSM")
     with pytest.raises(IngestError, match="reject fraction.*missing_file"):
-        ingest(data / "cbis", data / "normals", tmp_path / "out", IngestConfig(max_reject_fraction=0.05))
+        run(data / "cbis", data / "normals", tmp_path / "out", Config().with_overrides({"ingest.max_reject_fraction": 0.05}))
     assert set(pd.read_parquet(tmp_path / "out/rejects.parquet")["reason"]) == {"missing_file"}
 
 
 def test_missing_csv_is_a_clear_error(tmp_path):
     with pytest.raises(IngestError, match="missing case-description CSV"):
-        ingest(tmp_path, tmp_path, tmp_path / "out", IngestConfig())
+        run(tmp_path, tmp_path, tmp_path / "out", Config())
 
 
 def _phi_values(dicom_tree: Path) -> list[str]:
@@ -205,7 +205,7 @@ def test_no_phi_leaves_the_step(synth_data, tmp_path, caplog):
     """The synthetic DICOMs carry fake names, birth dates and accession numbers; none may leave."""
     phi = _phi_values(synth_data / "cbis/CBIS-DDSM")
     with caplog.at_level(logging.DEBUG):
-        ingest(synth_data / "cbis", synth_data / "normals", tmp_path / "out", IngestConfig())
+        run(synth_data / "cbis", synth_data / "normals", tmp_path / "out", Config())
     _assert_nothing_contains(tmp_path / "out", caplog.text, phi)
 
 
@@ -218,7 +218,7 @@ def test_gcs_source_gives_the_same_cases_and_survives_transient_errors(
     normals = upload_dir(gcs_client, small_synth / "normals", gcs_bucket, "normals")
     flaky_gcs.fail_first = 3  # the first three GETs answer 503: retried, not fatal
     with caplog.at_level(logging.DEBUG):
-        report = ingest(data, normals, tmp_path / "out", IngestConfig(io_workers=4))
+        report = run(data, normals, tmp_path / "out", Config().with_overrides({"ingest.io_workers": 4}))
     assert flaky_gcs.failures == 3
     cases = pd.read_parquet(tmp_path / "out/cases.parquet")
     assert report.totals.rejected == 0
@@ -249,7 +249,7 @@ def test_gcs_csv_path_cannot_reach_outside_the_prefix(small_synth, gcs_client, g
     uri = upload_dir(gcs_client, data, gcs_bucket, "root/cbis")
     upload_dir(gcs_client, tmp_path / "secret", gcs_bucket, "root/secret")
     normals = upload_dir(gcs_client, small_synth / "normals" / "N_00001", gcs_bucket, "root/normals")
-    ingest(uri, normals, tmp_path / "out", LENIENT)
+    run(uri, normals, tmp_path / "out", LENIENT)
     rejects = pd.read_parquet(tmp_path / "out/rejects.parquet").set_index(["source_file", "source_row"])
     assert rejects.loc[("calc_case_description_train_set.csv", 1), "reason"] == "path_outside_root"
     assert set(rejects["reason"]) == {"path_outside_root", "missing_file"}
@@ -340,7 +340,7 @@ def test_real_cbis_csvs_count_every_row_and_reject_each_planted_fault(real_csv_d
         data_uri = upload_dir(client, tmp_path / "cbis", bucket, "downloads/cbis")
         normals_uri = upload_dir(client, normals, bucket, "downloads/normals")
 
-    report = ingest(data_uri, normals_uri, tmp_path / "out", LENIENT)
+    report = run(data_uri, normals_uri, tmp_path / "out", LENIENT)
     cases = pd.read_parquet(tmp_path / "out/cases.parquet")
     rejects = pd.read_parquet(tmp_path / "out/rejects.parquet")
     for name, (n, ok, faults, df) in planted.items():
@@ -414,7 +414,7 @@ def test_png_converted_copy_at_the_csv_paths_gives_the_same_cases(small_synth, s
         folder = p.parts[-4]
         _write_png(root / folder / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{_classic_name(p)}.png",
                    ds.pixel_array, bits)
-    report = ingest(root, small_synth / "normals", tmp_path / "out", IngestConfig())
+    report = run(root, small_synth / "normals", tmp_path / "out", Config())
     got = _abnormal(pd.read_parquet(tmp_path / "out/cases.parquet"))
     assert report.totals.rejected == 0
     pd.testing.assert_frame_equal(got[SAME], small_cases[SAME])
@@ -441,7 +441,7 @@ def test_jpeg_release_with_dicom_info_gives_the_same_cases(small_synth, small_ca
                      "StudyInstanceUID": ds.StudyInstanceUID, "Rows": ds.Rows, "Columns": ds.Columns})
     pd.DataFrame(info).to_csv(root / "csv/dicom_info.csv", index=False)
     with caplog.at_level(logging.DEBUG):
-        report = ingest(root, small_synth / "normals", tmp_path / "out", IngestConfig())
+        report = run(root, small_synth / "normals", tmp_path / "out", Config())
     got = _abnormal(pd.read_parquet(tmp_path / "out/cases.parquet"))
     pd.testing.assert_frame_equal(got[SAME], small_cases[SAME])
     assert set(got["image_format"]) == {"jpeg"} and set(got["bits_stored"]) == {8}
@@ -473,7 +473,7 @@ def test_nbia_metadata_csv_resolves_folders_without_uid_digits(small_synth, smal
     root = tmp_path / "renamed"
     meta = _renamed_tree(small_synth, root)
     pd.DataFrame(meta).to_csv(root / "metadata.csv", index=False)
-    report = ingest(root, small_synth / "normals", tmp_path / "out", IngestConfig())
+    report = run(root, small_synth / "normals", tmp_path / "out", Config())
     got = _abnormal(pd.read_parquet(tmp_path / "out/cases.parquet"))
     pd.testing.assert_frame_equal(got[SAME], small_cases[SAME])
     assert report.resolution == {"metadata.csv": len(got)}
@@ -483,12 +483,12 @@ def test_nbia_metadata_csv_resolves_folders_without_uid_digits(small_synth, smal
 def test_dicom_headers_resolve_folders_without_uid_digits(small_synth, small_cases, tmp_path):
     root = tmp_path / "renamed"
     _renamed_tree(small_synth, root)
-    report = ingest(root, small_synth / "normals", tmp_path / "out", IngestConfig())
+    report = run(root, small_synth / "normals", tmp_path / "out", Config())
     got = _abnormal(pd.read_parquet(tmp_path / "out/cases.parquet"))
     pd.testing.assert_frame_equal(got[SAME], small_cases[SAME])
     assert report.resolution == {"dicom_header": len(got)}
     with pytest.raises(IngestError, match="reject fraction"):  # and without header resolution: nothing found
-        ingest(root, small_synth / "normals", tmp_path / "off", IngestConfig(resolve_by_header=False))
+        run(root, small_synth / "normals", tmp_path / "off", Config().with_overrides({"ingest.resolve_by_header": False}))
 
 
 # -- normals ------------------------------------------------------------------------------------------
@@ -521,7 +521,7 @@ def test_scanned_ddsm_normals_record_scanner_and_bit_depth(small_synth, tmp_path
         Image.fromarray(np.full((80, 64), 3000, np.uint16)).save(normals / f"A_0200_1.{side}_CC.png")
     (normals / "A_0200_1.LEFT_MLO.LJPEG").write_bytes(b"raw")
     with caplog.at_level(logging.DEBUG):
-        report = ingest(small_synth / "cbis", tmp_path / "normals", tmp_path / "out", LENIENT)
+        report = run(small_synth / "cbis", tmp_path / "normals", tmp_path / "out", LENIENT)
     cases = pd.read_parquet(tmp_path / "out/cases.parquet")
     normal = cases[cases["source"] == "ddsm-normal"].sort_values("side")
     assert normal[["patient_id", "side", "view", "scanner", "bits_stored", "image_format"]].values.tolist() == [
@@ -546,7 +546,7 @@ def test_normals_manifest_path_outside_root_is_rejected(small_synth, tmp_path):
     manifest.loc[0, "path"] = "../cbis/" + manifest.loc[0, "path"]
     manifest.loc[1, "path"] = "N_99999/N_99999_LEFT_CC.dcm"
     manifest.to_csv(normals / "manifest.csv", index=False)
-    report = ingest(small_synth / "cbis", normals, tmp_path / "out", LENIENT)
+    report = run(small_synth / "cbis", normals, tmp_path / "out", LENIENT)
     rejects = pd.read_parquet(tmp_path / "out/rejects.parquet")
     assert rejects[["source_file", "source_row", "reason"]].values.tolist() == [
         ["manifest.csv", 1, "path_outside_root"], ["manifest.csv", 2, "missing_file"]]

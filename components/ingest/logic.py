@@ -41,7 +41,6 @@ import pandas as pd
 from mammo.components import contracts, storage
 from mammo.components.config import CLASS_NAMES, Config, IngestConfig
 from mammo.components.contracts import CASE_COLUMNS, NULLABLE_INT_COLUMNS, REJECT_COLUMNS, SKIPPED_COLUMNS
-from mammo.components.headers import HEADER_BLOCK
 from mammo.components.ingest import cbis, normals
 from mammo.components.ingest.reasons import (
     DUPLICATE,
@@ -59,7 +58,7 @@ log = logging.getLogger(__name__)
 CSV_FILES = contracts.CBIS_CSVS
 _LOGGED_PER_REASON = 20
 
-__all__ = ["CASE_COLUMNS", "CSV_FILES", "HEADER_BLOCK", "IngestError", "IngestReport", "SourceCounts",
+__all__ = ["CSV_FILES", "IngestError", "IngestReport", "SourceCounts",
            "assign_subsets", "ingest", "read_case_csv", "run"]
 
 

@@ -44,6 +44,8 @@ _NORMAL_NAME = re.compile(r"^(?P<patient>.+?)[._](?P<side>LEFT|RIGHT)[._](?P<vie
 _ICS_VIEW = re.compile(r"^(?P<side>LEFT|RIGHT)_(?P<view>CC|MLO)\b(?P<rest>.*)$", re.I)
 _ICS_FIELD = re.compile(r"\b(LINES|PIXELS_PER_LINE|BITS_PER_PIXEL|RESOLUTION)\s+(\d+(?:\.\d+)?)", re.I)
 _SCANNERS = ("DBA", "HOWTEK", "LUMISYS")
+#: the most bytes read of a .ics file (a real one is under 1 KB)
+ICS_MAX_BYTES = 64 * 1024
 #: the largest disagreement between the two axes' downsampling factors for the .ics spacing to be scaled
 SCALE_TOLERANCE = 0.02
 
@@ -152,7 +154,7 @@ def normal_inputs(root: str, entries: list[Entry]) -> NormalInputs:
     for e in entries:
         if e.name.lower().endswith(".ics") and not e.problem:
             try:
-                ics = parse_ics(storage.read_bytes(e.uri)[: 64 * 1024].decode("latin-1"))
+                ics = parse_ics(storage.read_bytes(e.uri, 0, ICS_MAX_BYTES).decode("latin-1"))
             except (storage.StorageError, OSError) as exc:
                 log.warning("normals: cannot read %s: %s", e.rel, type(exc).__name__)
                 continue
