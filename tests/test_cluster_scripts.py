@@ -274,6 +274,33 @@ def test_gpu_cluster_script_compiles_submits_and_schedules_the_paper_profile(tmp
     assert calls[3][calls[3].index("--cron") + 1] == "0 0 3 * * 0"
 
 
+def test_gpu_cluster_script_passes_the_namespace_to_submit_and_schedule(tmp_path):
+    from mammo.pipelines.cli import build_parser
+
+    env = {**GPU_ENV, "CRON": "0 0 3 * * 0", "KFP_NAMESPACE": "team-a"}
+    proc, calls = run_script(tmp_path, "gpu-cluster.sh", extra_env=env)
+    assert proc.returncode == 0, proc.stderr
+    for call in calls:
+        if call[:2] in (["mammo", "submit"], ["mammo", "schedule"]):
+            args = build_parser().parse_args(call[1:])  # what the script passes, the CLI accepts
+            assert (args.namespace, args.host) == ("team-a", "http://localhost:8888")
+    # without KFP_NAMESPACE: single-user KFP (an empty namespace means none)
+    _, calls = run_script(tmp_path, "gpu-cluster.sh", extra_env=GPU_ENV)
+    submit = next(c for c in calls if c[:2] == ["mammo", "submit"])
+    assert build_parser().parse_args(submit[1:]).namespace == ""
+
+
+def test_serving_is_applied_before_the_first_run_and_waits_for_its_model(kind_walkthrough):
+    """The scripts apply TF Serving before the first push; the manifests let it wait for that model."""
+    _, calls = kind_walkthrough
+    applied = [i for i, c in enumerate(calls) if c[:3] == ["kubectl", "apply", "-k"] and "serving" in c[3]]
+    submitted = [i for i, c in enumerate(calls) if c[:2] == ["mammo", "submit"]]
+    assert applied and submitted and applied[0] < submitted[0]
+    deployment = yaml.safe_load((REPO / "manifests/serving/base/deployment.yaml").read_text())
+    probe = deployment["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 72 * 3600
+
+
 def test_gpu_cluster_script_without_cron_does_not_schedule_and_needs_its_uris(tmp_path):
     proc, calls = run_script(tmp_path, "gpu-cluster.sh", extra_env=GPU_ENV)
     assert proc.returncode == 0 and not [c for c in calls if c[:2] == ["mammo", "schedule"]]
