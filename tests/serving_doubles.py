@@ -84,8 +84,9 @@ def random_patches(n: int, size: int = PATCH, seed: int = 0) -> np.ndarray:
     return np.clip(base + shift, 0, 255).astype(np.uint8)
 
 
-def write_dicom(path: Path, pixels: np.ndarray, bits_stored: int = 12) -> Path:
-    """A minimal single-frame 16-bit-allocated MONOCHROME2 mammogram DICOM (pydicom 3)."""
+def write_dicom(path: Path, pixels: np.ndarray, bits_stored: int = 12, pixel_spacing_mm: float | None = None) -> Path:
+    """A minimal single-frame 16-bit-allocated MONOCHROME2 mammogram DICOM (pydicom 3), with
+    ``PixelSpacing`` when ``pixel_spacing_mm`` is given."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
@@ -105,6 +106,8 @@ def write_dicom(path: Path, pixels: np.ndarray, bits_stored: int = 12) -> Path:
     ds.BitsStored = bits_stored
     ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 0
+    if pixel_spacing_mm:
+        ds.PixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
     ds.PixelData = pixels.astype("<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
