@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from mammo.components import contracts
 from mammo.components.config import Config
@@ -88,7 +89,7 @@ def _plant_roi(root: Path, row: pd.Series, image_shape: tuple[int, int], layout:
     for key, pixels, desc in (("ROI mask file path", mask, "ROI mask images"),
                               ("cropped image file path", crop, "cropped images")):
         folder, study, series, _ = PurePosixPath(row[key]).parts
-        hdr = DicomHeader(folder, "REAL^ROI", "19500101", study, series, series + ".1", dt.date(2016, 7, 20), "101010", "",
+        hdr = DicomHeader(folder, "REAL^ROI", "19500101", study, series, generate_uid(), dt.date(2016, 7, 20), "101010", "",
                           desc, 1, row["left or right breast"][0], row["image view"])
         dst = (root / _series_dir(row[key], desc) / "1-1.dcm" if layout == "nbia"
                else root / "rois" / f"{desc.replace(' ', '_')}.dcm")
@@ -133,6 +134,8 @@ def test_official_rows_of_the_real_patients_ingest_against_their_real_dicoms(
     assert mine["message"].str.startswith("no files for ROI mask / cropped image path").all()
     expected = "dicom_header" if layout == "as_shipped" else "nbia_names"
     assert report.resolution == {expected: 1}
+    assert report.pixel_spacing_sources == {"cbis-ddsm": {"default:cbis-ddsm": 1},
+                                            "ddsm-normal": {"default:ddsm-normal": 1}}
     normal = cases[cases["source"] == "ddsm-normal"].iloc[0]
     assert (normal["image_rows"], normal["image_cols"]) == tuple(labels.loc["Mass-Test_P_00173_LEFT_CC", ["rows", "cols"]])
 

@@ -81,8 +81,8 @@ class IngestReport:
     #: files of the data root the listing refused (links out of the root, FIFOs, devices), per reason
     refused_files: dict[str, int] = field(default_factory=dict)
     per_class: dict[str, int] = field(default_factory=dict)
-    #: where the cases' pixel spacing came from, per source (dicom:..., ddsm_ics, manifest, default:...)
-    pixel_spacing_sources: dict[str, int] = field(default_factory=dict)
+    #: where the cases' pixel spacing came from: {source: {dicom:... | ddsm_ics | manifest | default:...: cases}}
+    pixel_spacing_sources: dict[str, dict[str, int]] = field(default_factory=dict)
     #: rows (CBIS-DDSM) resolved per method: metadata.csv, dicom_info.csv, uid_folder, nbia_names, dicom_header
     resolution: dict[str, int] = field(default_factory=dict)
     #: image headers read (each once; a few KB each on GCS)
@@ -298,7 +298,9 @@ def run(data_uri: str | Any, normals_uri: str | Any, out_dir: str | Any, cfg: Co
     report.reject_reasons = dict(Counter(r["reason"] for r in rejects))
     report.skipped_reasons = dict(Counter(s["reason"] for s in found.skipped))
     report.per_class = {c: int((cases_df["label"] == c).sum()) for c in CLASS_NAMES}
-    report.pixel_spacing_sources = dict(Counter(f"{c['source']} {c['pixel_spacing_source']}" for c in cases))
+    for c in cases:
+        by_source = report.pixel_spacing_sources.setdefault(c["source"], {})
+        by_source[c["pixel_spacing_source"]] = by_source.get(c["pixel_spacing_source"], 0) + 1
     report.resolution = dict(resolution)
     report.header_reads = cache.reads
     report.seconds = round(time.perf_counter() - started, 3)

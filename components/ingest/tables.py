@@ -22,7 +22,7 @@ from mammo.components.ingest.reasons import SCHEMA_ERROR, UNREADABLE_CSV
 Column = str | tuple[str, ...]
 
 
-class CsvError(Exception):
+class CsvError(ValueError):
     """A whole input CSV is unusable: ``reason`` (unreadable_csv / schema_error) and a message naming it."""
 
     def __init__(self, reason: str, message: str, rows: int = 0):
