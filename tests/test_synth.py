@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from scipy import ndimage
 
+from mammo.components.contracts import NORMALS_MANIFEST
 from mammo.components.synth.logic import CALC_HEADER, CLASSES, MASS_HEADER, SCANNERS, synthesize
 
 from conftest import REAL_CSV_DIR  # noqa: E402
@@ -325,7 +326,7 @@ def test_values_look_like_the_real_ones(rows):
 def test_normals_manifest_matches_the_files(synth):
     out, summary = synth
     normals = out / "normals"
-    with open(normals / "manifest.csv", newline="") as fh:
+    with open(normals / NORMALS_MANIFEST, newline="") as fh:
         manifest = list(csv.DictReader(fh))
     assert list(manifest[0]) == ["patient_id", "side", "view", "path", "scanner", "bits_stored"]
     on_disk = sorted(p.relative_to(normals).as_posix() for p in normals.rglob("*.dcm"))
