@@ -107,3 +107,26 @@ def test_manifest_spacing_and_bits_win_but_never_above_the_files_depth(tmp_path)
     assert [(c["bits_stored"], c["pixel_spacing_mm"], c["pixel_spacing_source"]) for c in got] == [
         (12, 0.07, "manifest"), (8, 0.05, "default:ddsm-normal")]
     assert [s["reason"] for s in found.skipped] == ["metadata_file"]
+
+
+def test_ljpeg_is_a_case_unless_a_converted_copy_of_the_view_lies_beside_it(tmp_path):
+    """The .LJPEG here holds only the marker segments up to its frame header: what ingest reads of one."""
+    import numpy as np
+    from PIL import Image
+
+    from test_ingest_headers import _sof3_stream
+
+    folder = tmp_path / "case0200"
+    folder.mkdir()
+    (folder / "A_0200_1.LEFT_CC.LJPEG").write_bytes(_sof3_stream(4696, 3024, 12))
+    Image.fromarray(np.zeros((4696 // 8, 3024 // 8), np.uint16)).save(folder / "A_0200_1.LEFT_CC.png")
+    (folder / "A_0200_1.RIGHT_CC.LJPEG").write_bytes(_sof3_stream(4624, 3056, 12))
+    found = normals.normal_inputs(str(tmp_path), storage.list_files(tmp_path))
+    assert [(s["path"], s["reason"]) for s in found.skipped] == [
+        ("case0200/A_0200_1.LEFT_CC.LJPEG", "converted_copy_used")]
+    rows = {r["path"]: r for _, r in found.rows}
+    assert sorted(rows) == ["case0200/A_0200_1.LEFT_CC.png", "case0200/A_0200_1.RIGHT_CC.LJPEG"]
+    row = rows["case0200/A_0200_1.RIGHT_CC.LJPEG"]
+    case = normals.normal_case(row, normals.plan_normal(row, found.files), HeaderCache(1), 0.2, "x", 1, DEFAULTS)
+    assert (case["image_rows"], case["image_cols"], case["bits_stored"], case["image_format"]) == (
+        4624, 3056, 12, "ljpeg")

@@ -5,7 +5,8 @@ Rows come from ``manifest.csv`` (columns ``patient_id, side, view, path`` and op
 ``A_0018_1.LEFT_CC.LJPEG`` / ``.jpg`` / ``.png`` (the case ``A-0018-1.ics`` beside it gives digitizer,
 bits and resolution per view) or ``N_00001_LEFT_CC.dcm``. Files that are not images (the ``.ics``
 and the manifest themselves, unknown extensions such as ``.dcm.bak``, names with stray whitespace,
-hidden files) are listed in ``skipped`` with a reason; image files that cannot be read
+hidden files, an ``.LJPEG`` whose converted copy lies beside it) are listed in ``skipped`` with a
+reason; image files that cannot be read
 (0 bytes, text named ``.png``, a link leaving the folder, a FIFO) are rejects.
 
 Bit depth: the metadata's (manifest / ``.ics``) unless the file holds fewer bits (an 8-bit JPEG of
@@ -23,7 +24,7 @@ from typing import Any
 
 from mammo.components import contracts, storage
 from mammo.components.config import CLASS_NAMES
-from mammo.components.headers import Header
+from mammo.components.headers import LJPEG_SUFFIXES, Header
 from mammo.components.ingest import reasons as R
 from mammo.components.ingest.cbis import header_of, image_spacing
 from mammo.components.ingest.reasons import RowRejected, optional_float, optional_int
@@ -160,8 +161,14 @@ def normal_inputs(root: str, entries: list[Entry]) -> NormalInputs:
                 continue
             ics_by_key[_case_key(e.name[:-4])] = ics
             ics_by_dir.setdefault(e.parent, []).append(ics)
+    # a DDSM .LJPEG with a converted copy of the same view beside it: the copy is the case
+    converted = {(e.parent, e.name.rpartition(".")[0].upper()) for e in entries
+                 if not e.problem and _skip_reason(e) is None and not e.name.lower().endswith(LJPEG_SUFFIXES)}
     for e in entries:
         why = None if e.problem else _skip_reason(e)
+        if why is None and e.name.lower().endswith(LJPEG_SUFFIXES) \
+                and (e.parent, e.name.rpartition(".")[0].upper()) in converted:
+            why = R.SKIP_CONVERTED, f"{e.name}: a converted copy of this view lies beside it and is used instead"
         if why is not None:
             out.skip(e, *why)
             continue
