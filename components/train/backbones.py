@@ -213,6 +213,8 @@ def get_backbone(name: str, cfg: TrainConfig | None = None) -> Backbone:
     preprocessing = MODULE_PREPROCESSING[module]
     if preprocessing == "none" and kwargs.get("include_preprocessing") is False:
         preprocessing = _WITHOUT_OWN_PREPROCESSING.get(module, "tf")
+        if module == "efficientnet_v2" and re.fullmatch(r"EfficientNetV2B\d", app_name):
+            preprocessing = "torch"  # the B variants were trained with V1's (torch-style) statistics
     return Backbone(name, app_name, 224, 32, 32, 0, preprocessing, kwargs=kwargs,
                     rescales_itself=preprocessing == "none")
 
