@@ -200,3 +200,26 @@ def read_manifests(artifacts: Iterable[str | Path]):
         m["path"] = [str(Path(a) / f) for f in m["file"]]
         frames.append(m)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*MANIFEST_COLUMNS, "path"])
+
+
+def check_shards_complete(artifacts: Iterable[str | Path]) -> int:
+    """The number of extraction shards, after checking that ``artifacts`` (extract_patches outputs)
+    are exactly shards 0..n-1 of one n (from each shard's ``report.json``); a missing, repeated or
+    foreign shard would silently drop or double images, so it is a ValueError naming the shards."""
+    seen: dict[int, str] = {}
+    totals = set()
+    for a in artifacts:
+        report = read_report(a)
+        index, total = int(report["shard_index"]), int(report["num_shards"])
+        if index in seen:
+            raise ValueError(f"extraction shard {index} arrived twice: {seen[index]} and {a}")
+        seen[index] = str(a)
+        totals.add(total)
+    if len(totals) > 1:
+        raise ValueError(f"extraction shards disagree on their number: num_shards {sorted(totals)}")
+    total = totals.pop() if totals else 0
+    missing = sorted(set(range(total)) - set(seen))
+    if not seen or missing or max(seen) >= total:
+        raise ValueError(f"incomplete extraction: got shards {sorted(seen)} of num_shards={total}"
+                         + (f", missing {missing}" if missing else ""))
+    return total
