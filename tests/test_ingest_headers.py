@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
@@ -83,7 +84,11 @@ def test_large_elements_are_skipped_not_read(tmp_path):
 
 
 def test_a_header_beyond_the_byte_bound_is_refused(tmp_path):
-    path = _dicom(tmp_path / "c.dcm", ImageComments="x" * 200_000)  # inside the image's groups, before Rows
+    path = _dicom(tmp_path / "c.dcm")
+    ds = pydicom.dcmread(path)
+    for i in range(20):  # 200 KB of text before the image module
+        ds.add_new(0x00191000 + i, "LT", "x" * 10_000)
+    ds.save_as(path)
     with pytest.raises(HeaderError) as err:
         read_header(str(path), max_bytes=8 * 1024)
     assert err.value.reason == "header_too_large"
