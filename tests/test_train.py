@@ -16,7 +16,15 @@ import pytest
 from train_data import TINY, tiny_config, tiny_dataset
 
 from mammo.components.config import CLASS_NAMES, TrainConfig
-from mammo.components.contracts import CHECKPOINT_LAST_WEIGHTS, CHECKPOINT_STATE, HISTORY, MODEL_KERAS, TENSORBOARD
+from mammo.components.contracts import (
+    CHECKPOINT_LAST_WEIGHTS,
+    CHECKPOINT_STATE,
+    CHECKPOINTS,
+    HISTORY,
+    MODEL_KERAS,
+    REPORT_JSON,
+    TENSORBOARD,
+)
 from mammo.components.train.backbones import BACKBONES, PAPER_FROZEN_FRACTION, build_model, get_backbone
 from mammo.components.train.inputs import AugmentedTrainer, augmentation
 from mammo.components.train.logic import plan_stages, run, set_trainable
@@ -115,10 +123,10 @@ def test_schedule_sets_layers_and_rates_per_stage_and_fires_plateau_and_early_st
     history = json.loads((model_dir / HISTORY).read_text())
     assert set(history) == {"stage1", "stage2", "stage3"} and history["stage3"]["epoch"] == [5, 6, 7]
     assert history["stage1"]["lr"] == pytest.approx([1e-2, 1e-2, 1e-3])
-    state = json.loads((model_dir / "checkpoints" / CHECKPOINT_STATE).read_text())
+    state = json.loads((model_dir / CHECKPOINTS / CHECKPOINT_STATE).read_text())
     assert state["stage_index"] == 3 and state["epochs_done"] == [3, 1, 3] and state["completed"]
-    assert not (model_dir / "checkpoints" / CHECKPOINT_LAST_WEIGHTS).exists()  # only a resume needs it
-    report = json.loads((model_dir / "report.json").read_text())
+    assert not (model_dir / CHECKPOINTS / CHECKPOINT_LAST_WEIGHTS).exists()  # only a resume needs it
+    report = json.loads((model_dir / REPORT_JSON).read_text())
     for key in ("step", "backbone", "model_path", "seconds", "epochs_per_stage", "input_size", "batch_size",
                 "preprocessing", "weights", "images_per_second", "val_auc", "val_accuracy", "best_val_loss",
                 "class_weights", "trainable_layers_per_stage"):
@@ -152,7 +160,7 @@ def test_mammo_train_applies_the_class_weights_of_the_balanced_dataset(tmp_path,
     for s in sets:
         args += ["--set", s.replace("['tinycnn']", "tinycnn")]
     assert cli_main(args) == 0
-    report = json.loads((tmp_path / "model" / "report.json").read_text())
+    report = json.loads((tmp_path / "model" / REPORT_JSON).read_text())
     assert report["class_weights"] == zero
     history = json.loads((tmp_path / "model" / HISTORY).read_text())
     assert [history[s]["loss"] for s in ("stage1", "stage2", "stage3")] == [[0.0]] * 3

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from train_data import tiny_config, tiny_dataset
 
-from mammo.components.contracts import CHECKPOINT_LAST_WEIGHTS, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE, HISTORY
+from mammo.components.contracts import (
+    CHECKPOINT_LAST_WEIGHTS,
+    CHECKPOINT_OPTIMIZER,
+    CHECKPOINT_STATE,
+    CHECKPOINTS,
+    HISTORY,
+)
 from mammo.components.train.checkpoints import NonFiniteLossError
 from mammo.components.train.logic import run
 
@@ -69,7 +75,7 @@ def test_nan_loss_in_the_first_epoch_says_nothing_was_checkpointed(tmp_path):
     cfg = tiny_config(stage1_lr=1e38, stage1_epochs=3, run_eagerly=True)
     with pytest.raises(NonFiniteLossError, match="tinycnn stage1 epoch 1: (val_)?loss is nan") as err:
         run(tmp_path / "data", "tinycnn", tmp_path / "model", cfg)
-    checkpoints = tmp_path / "model" / "checkpoints"
+    checkpoints = tmp_path / "model" / CHECKPOINTS
     assert "nothing was checkpointed" in str(err.value) and str(checkpoints) in str(err.value)
     assert not any(checkpoints.iterdir())  # what the message says: the folder is empty
 
@@ -79,7 +85,7 @@ def test_nan_loss_after_finite_epochs_names_the_checkpointed_epoch_and_it_is_the
     cfg = tiny_config(stage1_epochs=2, stage2_epochs=2, stage2_lr=1e38, run_eagerly=True)
     with pytest.raises(NonFiniteLossError, match="tinycnn stage2 epoch 3: (val_)?loss is nan") as err:
         run(tmp_path / "data", "tinycnn", tmp_path / "model", cfg)
-    checkpoints = tmp_path / "model" / "checkpoints"
+    checkpoints = tmp_path / "model" / CHECKPOINTS
     assert f"The last finite epoch (epoch 2, stage1 epoch 2) is checkpointed in {checkpoints}" in str(err.value)
     state = json.loads((checkpoints / CHECKPOINT_STATE).read_text())
     assert (state["global_epoch"], state["epochs_done"], state["stage_index"]) == (2, [2, 0, 0], 1)

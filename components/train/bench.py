@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mammo.components.config import CLASS_NAMES, TrainConfig
+from mammo.components.contracts import split_records
 from mammo.components.train.backbones import (
     build_model,
     get_backbone,
@@ -134,8 +135,8 @@ def bench_train(backbone_name: str, image_size: int, batch_size: int = 0, steps:
             if data_dir:
                 files = split_files(data_dir, "train")
             else:
-                files = [str(synthetic_records(Path(tmp) / "train.tfrecord", image_size, max(4 * global_batch, 64),
-                                               seed))]
+                count = max(4 * global_batch, 64)
+                files = [str(synthetic_records(Path(tmp) / split_records("train"), image_size, count, seed))]
             with accel.strategy.scope():
                 net, base, _ = build_model(backbone, image_size, cfg, weights=weights)
                 trainer = AugmentedTrainer(net, augmentation(cfg, seed), name=f"bench_{backbone.slug}")
