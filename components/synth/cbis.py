@@ -1,6 +1,6 @@
 """The synthetic CBIS-DDSM download: patients, abnormalities, CSV rows and the NBIA folder tree.
 
-Quirks of the real CSVs reproduced on purpose (see the data README):
+Quirks of the real CSVs reproduced on purpose:
 
 * mass CSVs say ``breast_density``, calc CSVs ``breast density``; shape/margins vs type/distribution;
 * CSV paths name ``<folder>/<StudyUID>/<SeriesUID>/00000N.dcm``, which does not exist on disk: the
