@@ -167,6 +167,16 @@ def test_mammo_train_applies_the_class_weights_of_the_balanced_dataset(tmp_path,
     assert history["stage1"]["val_loss"][0] > 0.1
 
 
+def test_a_class_the_balance_report_gives_no_weight_counts_with_weight_one(tmp_path):
+    """The balance step weighs only the classes present in train; Keras needs every class index."""
+    four = {c: 0.0 for c in CLASS_NAMES if c != "normal"}
+    tiny_dataset(tmp_path / "data", class_weights=four)
+    cfg = tiny_config(stage2_epochs=0, stage3_max_epochs=0, steps_per_epoch=4, batch_size=5, run_eagerly=True)
+    result = run(tmp_path / "data", "tinycnn", tmp_path / "model", cfg)
+    assert result.class_weights == four and result.epochs_per_stage == [1, 0, 0]
+    assert json.loads((tmp_path / "model" / HISTORY).read_text())["stage1"]["loss"][0] > 0  # normal's patches
+
+
 def test_class_weights_naming_an_unknown_class_are_a_clear_error(tmp_path):
     tiny_dataset(tmp_path / "data", class_weights={"calc_bengin": 1.0})
     with pytest.raises(ValueError, match=r"unknown classes \['calc_bengin'\]"):

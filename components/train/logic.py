@@ -315,7 +315,8 @@ def _train(dataset_dir: str | Path, backbone_name: str, out_dir: str | Path, cfg
         if steps:
             train_ds = train_ds.repeat()
         images_per_epoch = steps * global_batch if steps else (n_train // global_batch * global_batch or n_train)
-        weights_by_index = {CLASS_NAMES.index(c): w for c, w in class_weights.items()} or None
+        # Keras wants a weight for every class index; a class without training patches weighs nothing anyway
+        weights_by_index = {i: class_weights.get(c, 1.0) for i, c in enumerate(CLASS_NAMES)} if class_weights else None
         stages = plan_stages(cfg, backbone, len(base.layers))
         tensorboard = keras.callbacks.TensorBoard(log_dir=str(tb_dir), write_graph=False)
 
