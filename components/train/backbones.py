@@ -6,13 +6,13 @@ size, gray -> RGB, the backbone's own preprocessing (or the notebooks' ``x / 255
 head (GAP -> Dense -> Dropout -> Dense -> softmax in float32). Only built-in layers are used, so
 the saved ``.keras`` file loads with plain ``keras.models.load_model`` (no custom objects).
 Augmentation is not part of this model: it runs on the accelerator in the training wrapper
-(:mod:`mammo.components.train.logic`), so the exported model is exactly the classifier.
+(:mod:`mammo.components.train.inputs`), so the exported model is exactly the classifier.
 
 Backbones (``train.backbones``): a registry name (:data:`BACKBONES`), or any
 ``keras.applications`` model as ``keras:<Application>`` (e.g. ``keras:MobileNet``,
 ``keras:DenseNet121``) with keyword arguments from ``train.backbone_kwargs``: entries
 ``<Application>.<argument>=<value>`` for one application or ``<argument>=<value>`` for every
-``keras:`` backbone (values are Python literals: ``0.25``, ``True``, ``'avg'``; other text is a
+``keras:`` backbone (values are Python literals: ``0.25``, ``True``, ``'text'``; other text is a
 string). Such a backbone takes its preprocessing from its Keras module (:data:`MODULE_PREPROCESSING`),
 input side 224 (or ``train.input_size``) and unfreezes the last ``train.stage2_unfreeze_fraction``
 of its layers in stage 2. The arguments the registry sets itself (:data:`RESERVED_KWARGS`) are refused.
