@@ -1,6 +1,6 @@
 """The mammo pipeline: the whole DAG on one screen.
 
-fingerprint_data, resolve_config (helper tasks: parameters only)
+fingerprint_data, resolve_config, shard_indices (helper tasks: parameters only)
   -> ingest -> validate_data -> extract_patches (ParallelFor over integer shards) -> balance_split
   -> ParallelFor backbone: train (GPU) -> evaluate
   -> select_and_gate (Collected) -> If promoted: deploy
@@ -44,7 +44,7 @@ from mammo.components.runtime import CPU_ENV
 from mammo.components.select_and_gate.component import select_and_gate
 from mammo.components.train.component import train
 from mammo.components.validate_data.component import validate_data
-from mammo.pipelines.run_tasks import fingerprint_data, resolve_config
+from mammo.pipelines.run_tasks import fingerprint_data, resolve_config, shard_indices
 
 PIPELINE_NAME = "mammo-cbis-ddsm"
 PIPELINE_DESCRIPTION = "CBIS-DDSM + DDSM normals -> gated, deployed 5-class patch classifier"
@@ -103,9 +103,11 @@ def build_pipeline(cfg: Config | None = None, *, retries: bool = True):
         _helper(fingerprint_task.set_display_name("fingerprint_data"), cl, cache=False, data=True)
         resolve_task = resolve_config(config=config, backbones=backbones, auc_threshold=auc_threshold,
                                       max_auc_drop=max_auc_drop, balance_mode=balance_mode, image_size=image_size,
-                                      weights=weights, num_extract_shards=num_extract_shards)
+                                      weights=weights)
         _helper(resolve_task.set_display_name("resolve_config"), cl, cache=True)
-        run_config = resolve_task.outputs["config"]
+        run_config = resolve_task.output
+        shards_task = shard_indices(num_extract_shards=num_extract_shards)
+        _helper(shards_task.set_display_name("shard_indices"), cl, cache=True)
 
         ingest_task = ingest(data_uri=data_uri, normals_uri=normals_uri, config=run_config,
                              data_fingerprint=fingerprint_task.output).set_display_name("ingest")
@@ -113,7 +115,7 @@ def build_pipeline(cfg: Config | None = None, *, retries: bool = True):
         validate_task = validate_data(cases=ingest_task.outputs["cases"], config=run_config)
         _step(validate_task.set_display_name("validate_data"), cl, "data", cache=True, data=True)
 
-        with dsl.ParallelFor(resolve_task.outputs["shards"], parallelism=cl.extract_parallelism,
+        with dsl.ParallelFor(shards_task.output, parallelism=cl.extract_parallelism,
                              name="extract-shards") as shard:
             extract_task = extract_patches(cases=ingest_task.outputs["cases"], config=run_config, shard_index=shard,
                                            num_shards=num_extract_shards).after(validate_task)

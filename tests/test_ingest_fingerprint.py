@@ -97,9 +97,8 @@ def _simulate(spec: dict, args: dict, cache: dict, names) -> dict[str, bool]:
     tasks = spec["root"]["dag"]["tasks"]
     executors = spec["deploymentSpec"]["executors"]
     outputs = {"fingerprint-data": {"Output": fingerprint_data.python_func(args["data_uri"], args["normals_uri"])}}
-    flat = {k: args[k] for k in ("backbones", "auc_threshold", "max_auc_drop", "balance_mode", "image_size", "weights",
-                                 "num_extract_shards")}
-    outputs["resolve-config"] = resolve_config.python_func(config=args["config"], **flat)._asdict()
+    flat = {k: args[k] for k in ("backbones", "auc_threshold", "max_auc_drop", "balance_mode", "image_size", "weights")}
+    outputs["resolve-config"] = {"Output": resolve_config.python_func(config=args["config"], **flat)}
     produced: dict[str, dict[str, str]] = {}
     hits = {}
     for name in DATA_STEPS:

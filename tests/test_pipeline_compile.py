@@ -177,7 +177,7 @@ def test_compile_limits_extract_and_backbone_fan_out_from_the_profile(tmp_path):
     spec, _ = _compiled(tmp_path, "--set", "cluster.extract_parallelism=7", "--set", "cluster.train_parallelism=2")
     loops = {t["parameterIterator"]["items"]["inputParameter"]: t["iteratorPolicy"]["parallelismLimit"]
              for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t}
-    assert loops == {"pipelinechannel--resolve-config-shards": 7, "pipelinechannel--backbones": 2}
+    assert loops == {"pipelinechannel--shard-indices-Output": 7, "pipelinechannel--backbones": 2}
 
 
 def test_compile_pipeline_root_volumes_and_key_secret_from_the_profile(tmp_path):
@@ -270,7 +270,7 @@ def test_extraction_iterates_over_integer_shards_derived_from_one_count(tmp_path
     spec, _ = _compiled(tmp_path)
     root = spec["root"]["dag"]["tasks"]
     loop = next(t for t in root.values() if t.get("parameterIterator", {}).get("items", {}).get("inputParameter")
-                == "pipelinechannel--resolve-config-shards")
+                == "pipelinechannel--shard-indices-Output")
     body = spec["components"][loop["componentRef"]["name"]]
     item = loop["parameterIterator"]["itemInput"]
     assert body["inputDefinitions"]["parameters"][item]["parameterType"] == "NUMBER_INTEGER"
@@ -278,23 +278,23 @@ def test_extraction_iterates_over_integer_shards_derived_from_one_count(tmp_path
         "componentInputParameter": item}
     assert spec["components"]["comp-extract-patches"]["inputDefinitions"]["parameters"]["shard_index"][
         "parameterType"] == "NUMBER_INTEGER"
-    assert loop["inputs"]["parameters"]["pipelinechannel--resolve-config-shards"]["taskOutputParameter"] == {
-        "outputParameterKey": "shards", "producerTask": "resolve-config"}
-    assert root["resolve-config"]["inputs"]["parameters"]["num_extract_shards"] == {
+    assert loop["inputs"]["parameters"]["pipelinechannel--shard-indices-Output"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output", "producerTask": "shard-indices"}
+    assert root["shard-indices"]["inputs"]["parameters"]["num_extract_shards"] == {
         "componentInputParameter": "num_extract_shards"}
     assert "extract_shards" not in spec["root"]["inputDefinitions"]["parameters"]
 
 
-def test_resolve_config_derives_every_shard_and_applies_the_flat_parameters():
-    from mammo.pipelines.run_tasks import resolve_config
+def test_helper_tasks_derive_every_shard_and_apply_the_flat_parameters():
+    from mammo.pipelines.run_tasks import resolve_config, shard_indices
 
-    flat = {**run_parameter_values(demo_config()), "auc_threshold": 0.6, "image_size": 96}
-    out = resolve_config.python_func(config=run_config_dict(demo_config()), num_extract_shards=5, **flat)
-    assert out.shards == [0, 1, 2, 3, 4] and all(isinstance(i, int) for i in out.shards)
-    assert out.config["gate"]["auc_threshold"] == 0.6 and out.config["patches"]["image_size"] == 96
-    assert out.config["train"]["backbones"] == ["mobilenetv3small"] and "cluster" not in out.config
+    assert shard_indices.python_func(num_extract_shards=5) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="num_extract_shards must be >= 1"):
-        resolve_config.python_func(config={}, num_extract_shards=0, **flat)
+        shard_indices.python_func(num_extract_shards=0)
+    flat = {**run_parameter_values(demo_config()), "auc_threshold": 0.6, "image_size": 96}
+    config = resolve_config.python_func(config=run_config_dict(demo_config()), **flat)
+    assert config["gate"]["auc_threshold"] == 0.6 and config["patches"]["image_size"] == 96
+    assert config["train"]["backbones"] == ["mobilenetv3small"] and "cluster" not in config
 
 
 def test_demo_profile_compiles_cpu_only(tmp_path):
@@ -386,13 +386,13 @@ def test_ingest_cache_key_carries_the_data_fingerprint(tmp_path):
     for name in ("ingest", "validate-data", "extract-patches", "balance-split", "train", "evaluate",
                  "select-and-gate", "deploy"):
         assert tasks[name]["inputs"]["parameters"]["config"] in (  # at the root / inside a loop or condition
-            {"taskOutputParameter": {"outputParameterKey": "config", "producerTask": "resolve-config"}},
-            {"componentInputParameter": "pipelinechannel--resolve-config-config"}), name
+            {"taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "resolve-config"}},
+            {"componentInputParameter": "pipelinechannel--resolve-config-Output"}), name
 
 
-def test_step_display_names_are_the_eight_steps_plus_two_helpers(tmp_path):
+def test_step_display_names_are_the_eight_steps_plus_three_helpers(tmp_path):
     spec, _ = _compiled(tmp_path)
     names = {t["taskInfo"]["name"] for t in _tasks(spec).values() if "componentRef" in t
              and "executorLabel" in spec["components"][t["componentRef"]["name"]]}
-    assert names == {"fingerprint_data", "resolve_config", "ingest", "validate_data", "extract_patches",
+    assert names == {"fingerprint_data", "resolve_config", "shard_indices", "ingest", "validate_data", "extract_patches",
                      "balance_split", "train", "evaluate", "select_and_gate", "deploy"}
