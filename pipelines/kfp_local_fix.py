@@ -7,7 +7,8 @@ task's output (``resolve.go`` resolveUpstreamParameters). Our loops receive ``re
 output (the run's config): without this correction kfp.local hands the extraction and training
 tasks a shard number or a backbone name as their config. :func:`apply` wraps the function so the
 other task outputs keep their producer, as on the cluster; it is idempotent and changes nothing
-else.
+else. ``mammo.pipelines.pipeline`` applies it when it is imported, so every caller of
+``mammo_pipeline`` (``mammo run``, ``mammo demo``, tests) runs the pipeline as the cluster would.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from mammo.components.runtime import CPU_ENV
 from mammo.components.select_and_gate.component import select_and_gate
 from mammo.components.train.component import train
 from mammo.components.validate_data.component import validate_data
+from mammo.pipelines import kfp_local_fix
 from mammo.pipelines.run_tasks import fingerprint_data, resolve_config, shard_indices
 
 PIPELINE_NAME = "mammo-cbis-ddsm"
@@ -221,6 +222,8 @@ def _train_step(task, cl: ClusterConfig, retries: bool) -> None:
 
 #: what kfp.local runs (``mammo run`` / ``mammo demo``); a run's arguments override the defaults
 mammo_pipeline = build_pipeline(paper_config(), retries=False)
+# kfp.local would hand the loops the loop item instead of resolve_config's output (kfp_local_fix)
+kfp_local_fix.apply()
 
 
 def pipeline_arguments(cfg: Config, data_uri: str, normals_uri: str, serving_root: str,
