@@ -5,7 +5,7 @@
 Synthesizes a small CBIS-DDSM-like download at full size (``--per-class 2`` gives 8 abnormal
 images plus 2 normal CC views used for patches: 10 images), ingests it, then times the real
 extraction code (:func:`mammo.components.extract_patches.logic.plan_jobs` / ``run_jobs``) with one process
-and with a pool of ``--workers`` spawned processes, and the whole step (``extract_patches``: patches,
+and with a pool of ``--workers`` spawned processes, and the whole step (``run``: patches,
 TFRecords, manifest, previews). Workers are spawned, as in the step. It prints:
 
 * full-size images per second, and per second per core (= per worker: one worker per core);
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from mammo.components.config import IngestConfig, PatchConfig
-    from mammo.components.extract_patches.logic import extract_patches, plan_jobs
+    from mammo.components.config import Config, IngestConfig
+    from mammo.components.extract_patches.logic import plan_jobs, run
     from mammo.components.ingest.logic import ingest
     from mammo.components.synth.logic import synthesize
 
@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                    progress=False)
         cases_path = ingest(work / "data/cbis", work / "data/normals", work / "ingest", IngestConfig()).cases_path
         print(f"synthesized and ingested in {time.perf_counter() - t:.1f}s: {work / 'data'}")
-        cfg = PatchConfig()
-        _, jobs = plan_jobs(pd.read_parquet(cases_path), cfg, args.seed)
+        cfg = Config(seed=args.seed)
+        _, lesion_jobs, normal_jobs = plan_jobs(pd.read_parquet(cases_path), cfg.patches, args.seed)
+        jobs = lesion_jobs + normal_jobs  # normal crops at the fixed side here (no lesion sides passed)
         jobs = jobs * max(1, args.repeat)
         n_images = len(jobs)
         rows: list[tuple[str, int, float, float, float]] = []
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"extraction, warm pool of {workers}", workers, wall, n_images / wall, peak_rss))
         pngs = [len(r["png"]) for r in results if "png" in r]
         t = time.perf_counter()
-        report = extract_patches(cases_path, work / "patches", cfg, args.seed, workers=args.workers, progress=False)
+        report = run(Path(cases_path).parent, work / "patches", cfg, workers=args.workers, progress=False)
         wall = time.perf_counter() - t
         rows.append(("whole step once (extract_patches: pool start, TensorFlow import, TFRecords, previews)",
                      report.workers, wall, report.images / wall, report.peak_worker_rss_mb))

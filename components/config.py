@@ -124,14 +124,29 @@ class PatchConfig:
 
     #: side of the stored 8-bit patches in pixels (the paper: 331)
     image_size: PositiveInt = 331
+    #: "unbiased": normal crop sides drawn from the lesion crops' sides (mm, per split, seeded) and
+    #: lesion windows shifted inside the image (zero padding only where the image is smaller than
+    #: the window, and recorded); "paper": the paper's protocol (one fixed normal side, lesion windows
+    #: centred and zero-padded), whose crop side and padding give the class away
+    protocol: Literal["unbiased", "paper"] = "unbiased"
     #: context around the lesion: the square crop side is max(bbox h, w) * (1 + context_margin)
     context_margin: NonNegativeFloat = 1.0
-    #: smallest crop side in source pixels (tiny calcification ROIs still get some context)
-    min_crop_size: PositiveInt = 256
+    #: smallest crop side in mm (tiny calcification ROIs still get some context); 12.8 mm = 256 px
+    #: at the default 0.05 mm spacing
+    min_crop_mm: PositiveFloat = 12.8
     #: normal patches cut from each normal CC image
     normal_patches_per_image: NonNegativeInt = 2
-    #: crop side of normal patches in source pixels (DDSM ROIs average ~450 px)
-    normal_crop_size: PositiveInt = 600
+    #: crop side of normal patches in mm under the ``paper`` protocol, and the fallback side under
+    #: ``unbiased`` when a shard has no lesion crop; 30 mm = 600 px at 0.05 mm
+    normal_crop_mm: PositiveFloat = 30.0
+    #: pixel spacing (mm) of images whose ``cases`` row and header give none, as "source:mm" entries
+    #: ("all:mm" for every source). CBIS-DDSM's DICOMs carry no spacing; DDSM's digitizers scanned at
+    #: 42-50 um, and 0.05 mm reproduces the paper's pixel sizes (600 / 256 px)
+    default_pixel_spacing_mm: list[str] = field(default_factory=lambda: ["cbis-ddsm:0.05", "ddsm-normal:0.05",
+                                                                         "all:0.05"])
+    #: largest image (rows x columns, from the header) that is decoded; larger ones are refused with
+    #: the file named (full-field mammograms are 10-40 MP)
+    max_pixels: PositiveInt = 150_000_000
     #: a normal patch is kept only if at least this share of it lies inside the breast mask
     #: (holes filled, so fat counts as breast); 1.0 = no background at all
     min_tissue_fraction: Fraction = 1.0
@@ -142,6 +157,24 @@ class PatchConfig:
     #: size; smooth synthetic patches ~33 MB), i.e. files of tens of MB to ~100 MB that stream well
     #: from GCS, and a few files per extraction shard
     records_per_shard: PositiveInt = 1000
+
+    def __post_init__(self) -> None:
+        self.spacing_defaults()  # a malformed entry fails at config time
+
+    def spacing_defaults(self) -> dict[str, float]:
+        """``default_pixel_spacing_mm`` as ``{source: mm}`` (key ``all`` for any other source)."""
+        out: dict[str, float] = {}
+        for entry in self.default_pixel_spacing_mm:
+            name, sep, value = str(entry).partition(":")
+            try:
+                mm = float(value) if sep else float("nan")
+            except ValueError:
+                mm = float("nan")
+            if not name.strip() or not 0.0 < mm < 10.0:
+                raise ValueError(f"patches.default_pixel_spacing_mm entry {entry!r} is not 'source:mm' with mm "
+                                 "in (0, 10) (e.g. 'cbis-ddsm:0.05' or 'all:0.05')")
+            out[name.strip()] = mm
+        return out
 
 
 @dataclass
@@ -247,13 +280,13 @@ class GateConfig:
     #: promote even if a check fails; the decision, the run summary and the model metadata say so
     force: bool = False
     #: refuse a model that predicts one class for more than this share of the test patches (collapse)
-    max_single_class_fraction: float = 0.95
+    max_single_class_fraction: Fraction = 0.95
     #: paired patient-level bootstrap resamples of the challenger-minus-champion difference on the
     #: current test set (the champion's SavedModel is re-scored); 0 = compare with its recorded figure
-    paired_resamples: int = 1000
+    paired_resamples: NonNegativeInt = 1000
     #: the gate report warns when the model's test macro AUC is not above the metadata-only shortcut
     #: baseline's by at least this much
-    shortcut_margin: float = 0.05
+    shortcut_margin: Fraction = 0.05
 
     def __post_init__(self) -> None:
         self.class_floors()  # a typo in a floor fails at config time, not after training
@@ -296,11 +329,11 @@ class EvaluateConfig:
     temperature_scaling: bool = True
     #: shortcut audit: a logistic regression on patch metadata only (crop side, padding, scanner, bit
     #: depth, source), patient-grouped cross-validation with this many folds (0 = no audit)
-    shortcut_folds: int = 5
+    shortcut_folds: NonNegativeInt = 5
     #: Grad-CAM overlays in the report: test patches per class and outcome (correct / wrong)
-    gradcam_per_class: int = 2
+    gradcam_per_class: NonNegativeInt = 2
     #: sliding-window heatmaps of full test images in the report: images per class (0 = none)
-    heatmap_images_per_class: int = 1
+    heatmap_images_per_class: NonNegativeInt = 1
 
 
 @dataclass
@@ -552,8 +585,8 @@ def demo_config() -> Config:
     return paper_config().with_overrides(
         {
             "patches.image_size": 64,
-            "patches.min_crop_size": 48,
-            "patches.normal_crop_size": 96,
+            "patches.min_crop_mm": 2.4,
+            "patches.normal_crop_mm": 4.8,
             "patches.normal_patches_per_image": 2,
             "patches.min_tissue_fraction": 0.98,
             "train.backbones": ["mobilenetv3small"],

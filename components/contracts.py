@@ -93,6 +93,11 @@ def shard_name(shard_index: int, num_shards: int, file_index: int) -> str:
     return f"patches-{shard_index:05d}-of-{num_shards:05d}-{file_index:03d}.tfrecord"
 
 
+def preview_png(label: str) -> str:
+    """The preview grid PNG of one class in an extract_patches output."""
+    return f"preview_{label}.png"
+
+
 def split_records(split: str) -> str:
     """The TFRecord file of one split in a balanced dataset."""
     if split not in SPLITS:
@@ -122,10 +127,15 @@ REJECT_COLUMNS: list[str] = ["source_file", "source_row", "case_id", "reason", "
 #: one row per file of the normals folder that is neither a case nor a reject (a .ics, a .dcm.bak, ...)
 SKIPPED_COLUMNS: list[str] = ["source", "path", "reason", "message"]
 #: one row per patch written by extract_patches
+#: (``bits_stored``: the depth the patch was mapped with; ``crop_size`` in source pixels, ``crop_mm`` the
+#: same side in mm; ``padding_fraction``: share of the crop that is zero padding outside the image;
+#: ``spacing_source``: ingest's ``pixel_spacing_source``, else header / default; ``mask_blobs``: ROI regions in the box;
+#: ``protocol``: paper | unbiased). The metadata-only shortcut baseline reads these columns.
 MANIFEST_COLUMNS: list[str] = [
     "patch_id", "case_id", "patient_id", "label", "label_index", "split", "subset", "source", "scanner",
     "abnormality_type", "view", "breast_density", "bits_stored", "patch_source", "mask_status", "crop_y0",
-    "crop_x0", "crop_size", "file", "record_index",
+    "crop_x0", "crop_size", "crop_mm", "padding_fraction", "pixel_spacing_mm", "spacing_source", "mask_blobs",
+    "protocol", "file", "record_index",
 ]
 
 

@@ -11,13 +11,30 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def stable_hash(key: str, nbytes: int = 4) -> int:
+    """The first ``nbytes`` of ``key``'s SHA-256 as an unsigned integer (same on every run and machine):
+    the one hash behind seeded patient shares, extraction shards and per-case random generators."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:nbytes], "big")
+
 
 def stable_fraction(key: str) -> float:
-    """A number in [0, 1] fixed by ``key`` (same on every run and machine): seeded patient hashing."""
-    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    """A number in [0, 1] fixed by ``key``: seeded patient hashing."""
+    return stable_hash(key) / 0xFFFFFFFF
+
+
+def seeded_rng(key: str, seed: int) -> "np.random.Generator":
+    """A random generator fixed by ``seed`` and ``key`` (e.g. a case id): the same draws on every run."""
+    import numpy as np
+
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little"))
 
 
 def patient_split(rows: pd.DataFrame, validation_fraction: float, seed: int) -> pd.Series:

@@ -1,7 +1,7 @@
 """``mammo``: the command line (ARCHITECTURE.md section 3).
 
 Pipeline commands: ``synth``, ``run``, ``demo``, ``compile``, ``submit``, ``schedule``, ``predict``,
-``rollback``.
+``rollback``; ``images build`` builds the images the compiled pipeline names.
 Step commands (debugging, and what the images run): ``ingest``, ``validate``, ``extract``,
 ``balance``, ``train``, ``evaluate``, ``deploy``. Heavy imports happen inside each command.
 """
@@ -51,9 +51,10 @@ def cmd_run(args) -> dict:
     from mammo.pipelines.local_run import run_local
 
     cfg = _config(args)
-    log.info("running the pipeline locally (kfp.local, subprocess runner): backbones %s, %d px patches",
-             cfg.train.backbones, cfg.patches.image_size)
-    summary = run_local(cfg, args.data, args.normals, args.out, args.serving_root, args.extract_shards)
+    log.info("running the pipeline locally (kfp.local, %s runner): backbones %s, %d px patches",
+             args.runner, cfg.train.backbones, cfg.patches.image_size)
+    summary = run_local(cfg, args.data, args.normals, args.out, args.serving_root, args.extract_shards,
+                        runner=args.runner)
     _report_run(summary, Path(args.out))
     return summary
 
@@ -140,6 +141,17 @@ def cmd_schedule(args) -> None:
           f"pipeline version {done.version_name}) on {args.host}: {done.url}")
 
 
+def cmd_images_build(args) -> None:
+    from mammo.pipelines.images import build_images
+
+    kinds = tuple(args.only) if args.only else ("cpu", "gpu")
+    result = build_images(kinds, local_base=args.local_base, tag=args.tag, mirror=args.mirror)
+    for built in result["images"].values():
+        print(f"built {built['tag']} in {built['seconds']:.0f}s (user {built['user']})")
+    if result["base"]:
+        print(f"base {result['base']} ({result['base_seconds']:.0f}s; 0 = reused)")
+
+
 def cmd_predict(args) -> int:
     from mammo.components.deploy import predict
 
@@ -179,21 +191,19 @@ def cmd_validate(args) -> None:
 def cmd_extract(args) -> None:
     from dataclasses import asdict
 
-    from mammo.components.extract_patches.logic import extract_patches
+    from mammo.components.extract_patches.logic import run
 
-    cfg = _config(args)
-    report = extract_patches(Path(args.cases) / "cases.parquet", args.out, cfg.patches, cfg.seed,
-                             shard_index=args.shard_index, num_shards=args.num_shards, workers=args.workers)
+    report = run(args.cases, args.out, _config(args), shard_index=args.shard_index, num_shards=args.num_shards,
+                 workers=args.workers)
     _print_json(asdict(report))
 
 
 def cmd_balance(args) -> None:
     from dataclasses import asdict
 
-    from mammo.components.balance_split.logic import balance_split
+    from mammo.components.balance_split.logic import run
 
-    cfg = _config(args)
-    _print_json(asdict(balance_split(args.patches, args.out, cfg.balance, cfg.seed)))
+    _print_json(asdict(run(args.patches, args.out, _config(args))))
 
 
 def cmd_train(args) -> None:
@@ -293,10 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-cols", type=int, default=320)
     p.set_defaults(func=cmd_synth)
 
+    def runner_arg(p):
+        p.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
+                       help="subprocess: this Python (fast, development); docker: every task in the image the "
+                            "compiled pipeline names, as on Kubeflow (build them with `mammo images build`)")
+
     def run_args(p, data_required=True):
         p.add_argument("--out", required=True, help="run directory (kfp.local outputs, run-summary.json)")
         p.add_argument("--serving-root", help="model repository TF Serving reads (default: OUT/serving)")
         p.add_argument("--extract-shards", type=int, default=1, help="parallel patch-extraction tasks")
+        runner_arg(p)
         if data_required:
             p.add_argument("--data", required=True, help="CBIS-DDSM folder: the four CSVs and CBIS-DDSM/ tree")
             p.add_argument("--normals", required=True, help="DDSM normals folder (DICOM, optional manifest.csv)")
@@ -313,7 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serving-root")
     p.add_argument("--extract-shards", type=int, default=1)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    runner_arg(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("images", help="the pipeline's container images")
+    images_sub = p.add_subparsers(dest="images_command", required=True)
+    p = images_sub.add_parser("build", help="build the CPU and GPU images under the names `mammo compile` uses")
+    p.add_argument("--local-base", action="store_true",
+                   help="first make the base image from Debian packages (debootstrap + docker import, reused "
+                        "while its recipe is unchanged), for machines that reach no container registry")
+    p.add_argument("--tag", help="build REPOSITORY:TAG instead of the configured names' tag (then set "
+                                 "MAMMO_CPU_IMAGE / MAMMO_GPU_IMAGE to use them)")
+    p.add_argument("--only", action="append", choices=["cpu", "gpu"], help="build only this image (repeatable)")
+    p.add_argument("--mirror", help="Debian mirror for --local-base (default: $MAMMO_DEBIAN_MIRROR or deb.debian.org)")
+    p.set_defaults(func=cmd_images_build)
 
     p = sub.add_parser("compile", help="compile the pipeline to a KFP YAML (cluster.* settings from the profile)")
     p.add_argument("--out", default="pipeline.yaml")

@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 
 from mammo.components.balance_split.logic import (
-    BalanceReport, LeakageError, assign_splits, balance, balance_split, check_no_leakage, counts_markdown,
+    BalanceReport, LeakageError, assign_splits, balance, check_no_leakage, counts_markdown, run,
 )
-from mammo.components.config import CLASS_NAMES, BalanceConfig, paper_config
+from mammo.components.config import CLASS_NAMES, Config, paper_config
+from mammo.components.contracts import write_report
 from mammo.components.imaging import encode_png
 from mammo.components.tfrecords import iter_records, parse_example, serialize_patch, write_records
 
@@ -85,8 +86,10 @@ def test_balance_split_writes_split_records_and_table_1(tmp_path):
     m["file"], m["record_index"] = "p.tfrecord", range(len(m))
     img = encode_png(np.zeros((8, 8), np.uint8))
     write_records(src / "p.tfrecord", (serialize_patch(img, r.label_index, r._asdict()) for r in m.itertuples()))
+    m["crop_mm"], m["padding_fraction"] = 12.5, 0.0
     m.to_parquet(src / "manifest.parquet")
-    report = balance_split([src], tmp_path / "out", BalanceConfig(), seed=2)
+    write_report(src, "extract_patches", {"shard_index": 0, "num_shards": 1})  # a complete 1-shard extraction
+    report = run([src], tmp_path / "out", Config(seed=2))
     seen = {}
     for split in ("train", "validation", "test"):
         recs = [parse_example(r) for r in iter_records([tmp_path / "out" / f"{split}.tfrecord"])]
@@ -97,6 +100,10 @@ def test_balance_split_writes_split_records_and_table_1(tmp_path):
     md = (tmp_path / "out/counts.md").read_text()
     assert "| class | train | validation | test | total |" in md and "P_0000" in md
     assert report.dropped_overlap_patients == ["P_0000"]
+    # the splits table carries the manifest's metadata columns (the shortcut baseline reads them)
+    table = pd.read_parquet(tmp_path / "out/splits.parquet")
+    assert {"crop_mm", "padding_fraction", "assigned_split"} <= set(table.columns)
+    assert len(table) == sum(sum(c.values()) for c in report.counts.values())
 
 
 # -- the paper's Table 1 with the real dataset sizes --------------------------------------------------
@@ -196,3 +203,24 @@ def test_real_csvs_balance_to_table_1_and_drop_the_31_overlap_patients(real_csv_
     m["assigned_split"], overlap = assign_splits(m, cfg.balance.validation_fraction, cfg.seed)
     assert len(overlap) == CBIS_OVERLAP_PATIENTS
     _assert_table_1_shape(m, cfg)
+
+
+def test_balance_refuses_an_incomplete_or_mixed_set_of_extraction_shards(tmp_path):
+    from mammo.components.contracts import check_shards_complete
+
+    def shard(name, index, total):
+        d = tmp_path / name
+        d.mkdir()
+        write_report(d, "extract_patches", {"shard_index": index, "num_shards": total})
+        return d
+
+    a, b, c = shard("a", 0, 3), shard("b", 1, 3), shard("c", 2, 3)
+    assert check_shards_complete([c, a, b]) == 3
+    with pytest.raises(ValueError, match=r"got shards \[0, 2\] of num_shards=3, missing \[1\]"):
+        check_shards_complete([a, c])
+    with pytest.raises(ValueError, match="shard 1 arrived twice"):
+        check_shards_complete([a, b, b, c])
+    with pytest.raises(ValueError, match=r"disagree on their number: num_shards \[2, 3\]"):
+        check_shards_complete([a, shard("d", 1, 2)])
+    with pytest.raises(ValueError, match="incomplete extraction"):
+        run([a, c], tmp_path / "out", Config(seed=2))

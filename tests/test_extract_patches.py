@@ -2,21 +2,35 @@
 
 Full-size (5000 x 3000) images and swapped / mis-sized / empty masks: tests/test_extract_full_size.py."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from mammo.components.config import IngestConfig, PatchConfig
-from mammo.components.extract_patches.logic import (
-    _rng_for, breast_mask, crop_padded, extract_patches, mask_bbox, normal_crops, roi_pixels, scale_bbox,
-    size_within, square_around,
+from mammo.components.config import Config, IngestConfig, PatchConfig
+from mammo.components.extract_patches.geometry import (
+    breast_mask, crop_padded, mask_bbox, normal_crops, padding_fraction, place_window, roi_pixels, scale_bbox,
+    square_around,
 )
+from mammo.components.extract_patches.logic import run
 from mammo.components.imaging import decode_png, read_image
 from mammo.components.ingest.logic import ingest
+from mammo.components.masks import size_within
+from mammo.components.splits import seeded_rng
 from mammo.components.tfrecords import iter_records, parse_example
 
-CFG = PatchConfig(image_size=32, min_crop_size=24, normal_crop_size=48, normal_patches_per_image=2,
-                  records_per_shard=50)
+# 24 / 48 px at the synthetic data's default spacing of 0.05 mm
+PATCHES = PatchConfig(image_size=32, min_crop_mm=1.2, normal_crop_mm=2.4, normal_patches_per_image=2,
+                      records_per_shard=50)
+CFG = Config(seed=1, patches=PATCHES)
+PAPER = Config(seed=1, patches=PatchConfig(**{**PATCHES.__dict__, "protocol": "paper"}))
+
+
+def extract_patches(cases_path, out, cfg=CFG, **kw):
+    """The step's entry point on an ingest output folder (``cases_path`` is its cases table)."""
+    kw.setdefault("progress", False)
+    return run(Path(cases_path).parent, out, cfg, **kw)
 
 
 def test_bbox_and_square_are_centred_on_the_lesion():
@@ -88,7 +102,7 @@ def cases_path(synth_data, tmp_path_factory):
 
 
 def test_extract_writes_every_case_as_patches_or_rejects(cases_path, tmp_path):
-    report = extract_patches(cases_path, tmp_path, CFG, seed=1, workers=2, progress=False)
+    report = extract_patches(cases_path, tmp_path, workers=2, progress=False)
     cases = pd.read_parquet(cases_path)
     used = cases[(cases["label"] != "normal") | (cases["view"] == "CC")]
     assert report.cases_in == len(used) == report.cases_with_patches + report.cases_rejected
@@ -105,7 +119,7 @@ def test_extract_writes_every_case_as_patches_or_rejects(cases_path, tmp_path):
 
 
 def test_lesion_is_centred_and_brighter_than_its_surroundings(cases_path, tmp_path):
-    extract_patches(cases_path, tmp_path, CFG, seed=1, workers=1, progress=False)
+    extract_patches(cases_path, tmp_path, workers=1, progress=False)
     records = [parse_example(r) for r in iter_records(sorted(tmp_path.glob("*.tfrecord")))]
     masses = [decode_png(r["image"]).astype(float) for r in records if r["label_name"].startswith("mass")]
     centre = np.mean([m[12:20, 12:20].mean() for m in masses])
@@ -114,17 +128,17 @@ def test_lesion_is_centred_and_brighter_than_its_surroundings(cases_path, tmp_pa
 
 
 def test_rerunning_a_shard_yields_the_same_bytes(cases_path, tmp_path):
-    a = extract_patches(cases_path, tmp_path / "a", CFG, seed=1, shard_index=1, num_shards=2, workers=2, progress=False)
-    b = extract_patches(cases_path, tmp_path / "b", CFG, seed=1, shard_index=1, num_shards=2, workers=1, progress=False)
+    a = extract_patches(cases_path, tmp_path / "a", shard_index=1, num_shards=2, workers=2, progress=False)
+    b = extract_patches(cases_path, tmp_path / "b", shard_index=1, num_shards=2, workers=1, progress=False)
     assert a.files == b.files
     for f in a.files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
 
 
 def test_shards_partition_the_cases(cases_path, tmp_path):
-    reports = [extract_patches(cases_path, tmp_path / str(i), CFG, seed=1, shard_index=i, num_shards=3, workers=1,
+    reports = [extract_patches(cases_path, tmp_path / str(i), shard_index=i, num_shards=3, workers=1,
                                progress=False) for i in range(3)]
-    whole = extract_patches(cases_path, tmp_path / "all", CFG, seed=1, workers=1, progress=False)
+    whole = extract_patches(cases_path, tmp_path / "all", workers=1, progress=False)
     assert sum(r.cases_in for r in reports) == whole.cases_in
     ids = [set(pd.read_parquet(tmp_path / str(i) / "manifest.parquet")["patch_id"]) for i in range(3)]
     assert set.union(*ids) == set(pd.read_parquet(tmp_path / "all/manifest.parquet")["patch_id"])
@@ -133,7 +147,7 @@ def test_shards_partition_the_cases(cases_path, tmp_path):
 
 def test_bad_shard_index_is_an_error(cases_path, tmp_path):
     with pytest.raises(ValueError, match="shard_index"):
-        extract_patches(cases_path, tmp_path, CFG, seed=1, shard_index=3, num_shards=3)
+        extract_patches(cases_path, tmp_path, shard_index=3, num_shards=3)
 
 
 def test_every_abnormality_of_a_multi_lesion_image_gets_its_own_centred_patch(cases_path, tmp_path):
@@ -141,7 +155,7 @@ def test_every_abnormality_of_a_multi_lesion_image_gets_its_own_centred_patch(ca
     abnormal = cases[cases["label"] != "normal"]
     shared = abnormal[abnormal.duplicated("image_uri", keep=False)]
     assert len(shared), "the synthetic data should have images with two abnormalities"
-    extract_patches(cases_path, tmp_path, CFG, seed=1, workers=1, progress=False)
+    extract_patches(cases_path, tmp_path, PAPER, workers=1)  # paper: windows centred on the lesion
     manifest = pd.read_parquet(tmp_path / "manifest.parquet").set_index("case_id")
     for image_uri, rows in shared.groupby("image_uri"):
         crops = set()
@@ -163,7 +177,64 @@ def test_mask_bbox_is_rescaled_by_the_size_ratio():
 def test_normal_crops_are_deterministic_per_seed_and_case():
     tissue = np.zeros((400, 300), bool)
     tissue[20:380, :250] = True
-    crops = lambda case, seed: normal_crops(tissue, 3, 60, 1.0, _rng_for(case, seed))
+    crops = lambda case, seed: normal_crops(tissue, 3, 60, 1.0, seeded_rng(case, seed))
     assert crops("Normal_N_1_LEFT_CC", 1) == crops("Normal_N_1_LEFT_CC", 1)
     assert crops("Normal_N_1_LEFT_CC", 1) != crops("Normal_N_1_LEFT_CC", 2)
     assert crops("Normal_N_1_LEFT_CC", 1) != crops("Normal_N_2_LEFT_CC", 1)
+
+
+def test_unbiased_windows_shift_inside_the_image_and_keep_the_lesion_whole():
+    # a lesion at the top-left corner: the paper's centred window would be 3/4 padding
+    y0, x0, side = square_around((0, 0, 10, 10), margin=1.0, min_size=20)
+    assert (y0, x0) == (-5, -5) and padding_fraction(y0, x0, side, (100, 80)) == pytest.approx(1 - 15 * 15 / 400)
+    assert place_window(y0, x0, side, (100, 80)) == (0, 0)
+    assert place_window(90, 70, 20, (100, 80)) == (80, 60)  # bottom-right: shifted up and left
+    # an image narrower than the window: padding is unavoidable along that axis only
+    assert place_window(-5, -5, 20, (100, 12)) == (0, -5)
+    assert padding_fraction(0, -5, 20, (100, 12)) == pytest.approx(1 - 12 / 20)
+
+
+def test_unbiased_default_records_physical_size_and_no_padding(cases_path, tmp_path):
+    report = extract_patches(cases_path, tmp_path, workers=1)
+    manifest = pd.read_parquet(tmp_path / "manifest.parquet")
+    from mammo.components.contracts import MANIFEST_COLUMNS
+
+    assert list(manifest.columns) == MANIFEST_COLUMNS
+    assert report.protocol == "unbiased" and set(manifest["protocol"]) == {"unbiased"}
+    # the synthetic data states no spacing: the per-source default
+    assert all(str(v).startswith("default") for v in manifest["spacing_source"])
+    np.testing.assert_allclose(manifest["crop_mm"], manifest["crop_size"] * 0.05)
+    lesions = manifest[manifest["patch_source"] == "mask"]
+    cases = pd.read_parquet(cases_path).set_index("case_id")
+    for p in lesions.itertuples():
+        rows, cols = cases.loc[p.case_id, ["image_rows", "image_cols"]]
+        if p.crop_size <= min(rows, cols):
+            assert p.padding_fraction == 0.0 and 0 <= p.crop_y0 <= rows - p.crop_size
+        y0, x0, y1, x1 = mask_bbox(read_image(cases.loc[p.case_id, "roi_mask_uri"])[0] > 0)
+        assert p.crop_y0 <= y0 and y1 <= p.crop_y0 + p.crop_size and p.crop_x0 <= x0 and x1 <= p.crop_x0 + p.crop_size
+    assert report.padded_patches == int((manifest["padding_fraction"] > 0).sum())
+
+
+def test_unbiased_normal_sides_are_drawn_from_the_lesion_sides(cases_path, tmp_path):
+    extract_patches(cases_path, tmp_path / "u", workers=1)
+    manifest = pd.read_parquet(tmp_path / "u/manifest.parquet")
+    lesion_sides = set(manifest.loc[manifest["label"] != "normal", "crop_mm"].round(3))
+    normal_sides = manifest.loc[manifest["label"] == "normal", "crop_mm"].round(3)
+    assert len(normal_sides) and set(normal_sides) <= lesion_sides
+    assert normal_sides.nunique() > 1  # not one fixed field of view
+    extract_patches(cases_path, tmp_path / "p", PAPER, workers=1)
+    paper = pd.read_parquet(tmp_path / "p/manifest.parquet")
+    assert set(paper.loc[paper["label"] == "normal", "crop_mm"].round(3)) == {2.4}
+
+
+def test_millimetres_become_pixels_from_each_images_spacing(cases_path, tmp_path):
+    cases = pd.read_parquet(cases_path)
+    cases["pixel_spacing_mm"] = 0.025  # twice the default resolution: twice the pixels for the same mm
+    cases["pixel_spacing_source"] = "manifest"
+    (tmp_path / "in").mkdir()
+    cases.to_parquet(tmp_path / "in" / "cases.parquet")
+    extract_patches(tmp_path / "in" / "cases.parquet", tmp_path / "out", PAPER, workers=1)
+    manifest = pd.read_parquet(tmp_path / "out/manifest.parquet")
+    assert set(manifest["spacing_source"]) == {"manifest"}
+    normal = manifest[manifest["label"] == "normal"]
+    assert set(normal["crop_size"]) <= {96} and (manifest["crop_size"] >= 48).all()

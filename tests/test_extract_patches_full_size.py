@@ -1,5 +1,6 @@
 """Patch extraction on full-size synthetic mammograms (5000 x 3000 px, 16 bit) with the paper's
-patch settings: lesions centred, normal patches without background, byte-identical re-runs, and
+patch settings (the ``paper`` protocol; the millimetre defaults give the paper's 256 / 600 px at the
+default 0.05 mm spacing): lesions centred, normal patches without background, byte-identical re-runs, and
 ROI masks that are swapped, mis-sized, empty or at the image border (handled as documented in
 mammo.components.extract_patches.logic). A handful of images keeps it to well under a minute."""
 
@@ -10,14 +11,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammo.components.config import IngestConfig, PatchConfig
-from mammo.components.extract_patches.logic import extract_patches, mask_bbox
+from pathlib import Path
+
+from mammo.components.config import Config, IngestConfig, PatchConfig
+from mammo.components.extract_patches.geometry import mask_bbox
+from mammo.components.extract_patches.logic import run
 from mammo.components.imaging import decode_png, read_image
 from mammo.components.ingest.logic import ingest
 from mammo.components.synth.logic import DicomHeader, synthesize, write_dicom
 from mammo.components.tfrecords import iter_records, parse_example
 
-FULL = PatchConfig()  # the paper: 331 px patches, margin 1.0, 600 px normal crops, no background
+FULL = PatchConfig(protocol="paper")  # 331 px patches, margin 1.0, 30 mm = 600 px normal crops, no background
+MIN_CROP_PX, NORMAL_CROP_PX = 256, 600  # the defaults in mm at CBIS-DDSM's default spacing
+
+
+def extract_patches(cases_path, out, patches=FULL, seed=7, **kw):
+    return run(Path(cases_path).parent, out, Config(seed=seed, patches=patches), progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +35,7 @@ def full_size(tmp_path_factory):
     root = tmp_path_factory.mktemp("full")
     synthesize(root, per_class=2, seed=11, image_shape=(5000, 3000), progress=False)
     cases_path = ingest(root / "cbis", root / "normals", root / "ingest", IngestConfig()).cases_path
-    report = extract_patches(cases_path, root / "a", FULL, seed=7, workers=2, progress=False)
+    report = extract_patches(cases_path, root / "a", workers=2)
     yield root, cases_path, report
     shutil.rmtree(root, ignore_errors=True)  # ~0.5 GB of DICOMs: do not leave them to pytest's tmp retention
 
@@ -48,7 +57,7 @@ def test_full_size_lesions_are_centred_in_their_patches(full_size):
         # the crop is centred on the mask's box, with the lesion filling 1 / (1 + margin) of it
         assert abs((y0 + y1) / 2 - (p.crop_y0 + p.crop_size / 2)) <= 1
         assert abs((x0 + x1) / 2 - (p.crop_x0 + p.crop_size / 2)) <= 1
-        assert p.crop_size == max(FULL.min_crop_size, round(max(y1 - y0, x1 - x0) * (1 + FULL.context_margin)))
+        assert p.crop_size == max(MIN_CROP_PX, round(max(y1 - y0, x1 - x0) * (1 + FULL.context_margin)))
         patch = decode_png(records[p.patch_id]["image"])
         assert patch.shape == (331, 331) and patch.dtype == np.uint8
         # ... and the brightest structure (mass body, calcification specks) sits in the middle
@@ -63,7 +72,7 @@ def test_full_size_normal_patches_contain_no_background(full_size):
     normal = pd.read_parquet(root / "a/manifest.parquet").query("label == 'normal'")
     assert len(normal) == 2 * FULL.normal_patches_per_image  # two CC views (MLO normals are not used)
     for p in normal.itertuples():
-        assert cases.loc[p.case_id, "view"] == "CC" and p.crop_size == FULL.normal_crop_size
+        assert cases.loc[p.case_id, "view"] == "CC" and p.crop_size == NORMAL_CROP_PX
         full, _ = read_image(cases.loc[p.case_id, "image_uri"])
         region = full[p.crop_y0:p.crop_y0 + p.crop_size, p.crop_x0:p.crop_x0 + p.crop_size]
         assert region.shape == (600, 600)
@@ -73,7 +82,7 @@ def test_full_size_normal_patches_contain_no_background(full_size):
 
 def test_full_size_rerun_yields_byte_identical_shards(full_size):
     root, cases_path, first = full_size
-    again = extract_patches(cases_path, root / "b", FULL, seed=7, workers=1, progress=False)
+    again = extract_patches(cases_path, root / "b", workers=1)
     assert again.files == first.files
     for name in first.files + [f"preview_{c}.png" for c in first.patches_per_class]:
         assert (root / "a" / name).read_bytes() == (root / "b" / name).read_bytes(), name
@@ -113,7 +122,7 @@ def test_full_size_swapped_and_mis_sized_masks_are_handled_as_documented(full_si
     }
     rows = [base] + [{**base, "case_id": f"{base['case_id']}-{name}", **change} for name, change in variants.items()]
     pd.DataFrame(rows).to_parquet(tmp_path / "cases.parquet")
-    report = extract_patches(tmp_path / "cases.parquet", tmp_path / "out", FULL, seed=7, workers=1, progress=False)
+    report = extract_patches(tmp_path / "cases.parquet", tmp_path / "out", workers=1)
     assert report.images == 1  # all variants share the full image: read once
     m = pd.read_parquet(tmp_path / "out/manifest.parquet").set_index("case_id")
     got = {k.rsplit("-", 1)[-1] if k != base["case_id"] else "base": (r.patch_source, r.mask_status)
@@ -145,3 +154,24 @@ def test_full_size_swapped_and_mis_sized_masks_are_handled_as_documented(full_si
         patch = patch[:, ::-1]
     pad = round((e.crop_size - inside) * 331 / e.crop_size)  # padded patch columns, on the left
     assert patch[:, : pad - 3].max() == 0 and patch[:, pad + 3 :].mean() > 20
+    assert e.padding_fraction == pytest.approx(1 - inside / e.crop_size, abs=1e-3)
+
+
+def test_full_size_unbiased_default_shifts_the_edge_lesion_inside(full_size, tmp_path):
+    """The default protocol: the same chest-wall lesion gets a window shifted inside the image, so
+    the patch holds no zero padding and the lesion is still whole in view."""
+    root, cases_path, _ = full_size
+    base = pd.read_parquet(cases_path).query("label == 'mass_malignant'").iloc[0].to_dict()
+    mask = read_image(base["roi_mask_uri"])[0]
+    h, w = mask.shape
+    edge = np.zeros_like(mask)
+    cols = slice(0, 150) if base["side"] == "LEFT" else slice(w - 150, w)
+    edge[h // 2 - 100 : h // 2 + 100, cols] = 255
+    pd.DataFrame([{**base, "roi_mask_uri": _mask_dicom(tmp_path / "edge.dcm", edge)}]).to_parquet(tmp_path / "cases.parquet")
+    extract_patches(tmp_path / "cases.parquet", tmp_path / "out", PatchConfig(), workers=1)
+    e = pd.read_parquet(tmp_path / "out/manifest.parquet").iloc[0]
+    assert e.protocol == "unbiased" and e.padding_fraction == 0.0
+    assert 0 <= e.crop_x0 and e.crop_x0 + e.crop_size <= w and e.crop_size == 400
+    assert e.crop_x0 <= cols.start and cols.stop <= e.crop_x0 + e.crop_size  # the lesion whole in view
+    patch = decode_png(_records(tmp_path / "out")[base["case_id"]]["image"])
+    assert min(patch[:, :10].mean(), patch[:, -10:].mean()) > 20  # no black padding band on either side

@@ -8,7 +8,7 @@ from mammo.pipelines.cli import main
 from mammo.pipelines.local_run import run_local
 
 TINY = {
-    "patches.image_size": 32, "patches.min_crop_size": 24, "patches.normal_crop_size": 48,
+    "patches.image_size": 32, "patches.min_crop_mm": 1.2, "patches.normal_crop_mm": 2.4,
     "train.input_size": 32, "train.batch_size": 16, "train.stage1_epochs": 1, "train.stage2_epochs": 1,
     "train.stage3_max_epochs": 2, "validate.min_per_class": 3,
     "gate.auc_threshold": 0.0,  # a two-epoch model must still pass, so the deploy branch runs

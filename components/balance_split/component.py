@@ -1,4 +1,4 @@
-"""KFP wrapper of balancing and splitting (logic: mammo.components.balance_split.logic)."""
+"""KFP wrapper of balancing and splitting (logic: mammo.components.balance_split.logic.run)."""
 
 from typing import List
 
@@ -12,14 +12,13 @@ from mammo.components.config import CPU_IMAGE
 def balance_split(patches: Input[List[Dataset]], config: dict, dataset: Output[Dataset], counts: Output[Markdown]):
     """Join patch shards, split by patient, balance; Table-1 counts as Markdown."""
     import shutil
-    from pathlib import Path
 
-    from mammo.components.balance_split.logic import balance_split
+    from mammo.components.balance_split.logic import run
     from mammo.components.config import Config
+    from mammo.components.contracts import COUNTS_MD
     from mammo.components.runtime import artifact_dir, setup_logging
 
     setup_logging()
-    cfg = Config.from_dict(config)
     out = artifact_dir(dataset.path)
-    balance_split([p.path for p in patches], out, cfg.balance, cfg.seed)
-    shutil.copyfile(out / "counts.md", counts.path)
+    run([p.path for p in patches], out, Config.from_dict(config))
+    shutil.copyfile(out / COUNTS_MD, counts.path)

@@ -9,27 +9,30 @@
   in each split), ``oversample`` (repeat minority patches in train only), ``class_weights``
   (unchanged data, weights written for training) and ``none``;
 * a leakage check raises if any patient ends up in two splits.
+
+The splits table keeps every manifest column (crop side in mm, padding fraction, scanner, bit depth,
+source, ...), so the evaluation's metadata-only shortcut baseline can read them per patch.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mammo.components.config import CLASS_NAMES, BalanceConfig, Config
+from mammo.components.contracts import (COUNTS_MD, SPLITS, SPLITS_TABLE, check_shards_complete, read_manifests,
+                                       split_records, write_report)
 from mammo.components.splits import patient_split
-from mammo.components.contracts import write_report
-from mammo.components.config import CLASS_NAMES, BalanceConfig
 from mammo.components.tfrecords import iter_records, write_records
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
-MODES = ("undersample", "oversample", "class_weights", "none")
+MODES: tuple[str, ...] = typing.get_args(typing.get_type_hints(BalanceConfig)["mode"])
 
 
 class LeakageError(RuntimeError):
@@ -124,24 +127,22 @@ def counts_markdown(report: BalanceReport) -> str:
     return md
 
 
-def balance_split(patch_dirs: list[str | Path], out_dir: str | Path, cfg: BalanceConfig, seed: int) -> BalanceReport:
-    """Join extraction shards, split, balance and write ``{train,validation,test}.tfrecord``."""
-    out_dir = Path(out_dir)
+def run(patches: list[str | Path], dataset: str | Path, cfg: Config) -> BalanceReport:
+    """Join the extraction shards (``patches`` artifacts), split, balance and write the ``dataset``
+    artifact: one TFRecord file per split, the splits table, the counts table and ``report.json``."""
+    bcfg, seed = cfg.balance, cfg.seed
+    out_dir = Path(dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
-    frames = []
-    for d in patch_dirs:
-        m = pd.read_parquet(Path(d) / "manifest.parquet")
-        m["path"] = [str(Path(d) / f) for f in m["file"]]
-        frames.append(m)
-    manifest = pd.concat(frames, ignore_index=True)
+    check_shards_complete(patches)  # every shard 0..n-1 exactly once (the pipeline derives them from one count)
+    manifest = read_manifests(patches)
     if manifest["patch_id"].duplicated().any():
         raise ValueError(f"duplicate patch ids across shards: {manifest.loc[manifest['patch_id'].duplicated(), 'patch_id'].head().tolist()}")
 
-    manifest["assigned_split"], overlap = assign_splits(manifest, cfg.validation_fraction, seed)
+    manifest["assigned_split"], overlap = assign_splits(manifest, bcfg.validation_fraction, seed)
     check_no_leakage(manifest)
-    selected, weights = balance(manifest, cfg.mode, seed)
+    selected, weights = balance(manifest, bcfg.mode, seed)
     check_no_leakage(selected)
-    report = BalanceReport(mode=cfg.mode, dropped_overlap_patients=overlap,
+    report = BalanceReport(mode=bcfg.mode, dropped_overlap_patients=overlap,
                            dropped_patches=int((manifest["assigned_split"] == "").sum()), class_weights=weights)
 
     # read each needed record once, then write the splits in their (deterministic) order
@@ -153,14 +154,14 @@ def balance_split(patch_dirs: list[str | Path], out_dir: str | Path, cfg: Balanc
                 blobs[(path, i)] = rec
     for split in SPLITS:
         rows = selected[selected["assigned_split"] == split]
-        name = f"{split}.tfrecord"
+        name = split_records(split)
         write_records(out_dir / name, (blobs[(p, i)] for p, i in zip(rows["path"], rows["record_index"])))
         report.files[split] = name
         report.counts[split] = {c: int((rows["label"] == c).sum()) for c in CLASS_NAMES}
         if rows.empty:
             raise ValueError(f"split {split!r} is empty after balancing; not enough data")
-    selected.drop(columns=["path"]).to_parquet(out_dir / "splits.parquet", index=False)
-    (out_dir / "counts.md").write_text(counts_markdown(report))
+    selected.drop(columns=["path"]).to_parquet(out_dir / SPLITS_TABLE, index=False)
+    (out_dir / COUNTS_MD).write_text(counts_markdown(report))
     write_report(out_dir, "balance_split", asdict(report))
-    log.info("balanced (%s): %s", cfg.mode, {s: sum(v.values()) for s, v in report.counts.items()})
+    log.info("balanced (%s): %s", bcfg.mode, {s: sum(v.values()) for s, v in report.counts.items()})
     return report
