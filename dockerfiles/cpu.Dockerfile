@@ -9,14 +9,15 @@
 #
 # BASE_IMAGE is any Debian-like image with python3 (3.10-3.12) and its venv module: the public
 # python slim image by default, or a base made from Debian packages (`mammo images build
-# --local-base`) where no container registry is reachable. Two stages: the builder installs the
-# pinned dependencies (dockerfiles/requirements.lock, a layer a code change does not rebuild) into
-# a virtual environment and builds this project's wheel; the final image copies both, so a CA
-# bundle given to the build (dockerfiles/build-ca.pem, optional) never reaches it. No credentials
+# --local-base`) where no container registry is reachable. Three stages: `deps` installs the
+# pinned dependencies (dockerfiles/requirements.lock) into a virtual environment, `wheel` builds
+# this project's wheel, the final image copies both; so a code change rebuilds neither the
+# dependencies nor their copy, and a CA bundle given to the build (dockerfiles/build-ca.pem,
+# optional) never reaches the final image. No credentials
 # are baked in: pods get them from Kubernetes secrets or workload identity at run time.
 ARG BASE_IMAGE=python:3.11.13-slim-bookworm
 
-FROM ${BASE_IMAGE} AS builder
+FROM ${BASE_IMAGE} AS deps
 # the host's package index, when it is not PyPI (set by `mammo images build`)
 ARG PIP_INDEX_URL
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -26,6 +27,8 @@ COPY dockerfiles/requirements.lock dockerfiles/build-ca.pe[m] /tmp/build/
 RUN if [ -f /tmp/build/build-ca.pem ]; then export PIP_CERT=/tmp/build/build-ca.pem; fi \
     && python3 -m venv /opt/mammo/venv \
     && /opt/mammo/venv/bin/python -m pip install --no-cache-dir -r /tmp/build/requirements.lock
+# the project's wheel, in a stage of its own: a code change leaves the deps stage (and its copy) cached
+FROM deps AS wheel
 WORKDIR /tmp/src
 COPY pyproject.toml setup.py README.md ./
 COPY components ./components
@@ -50,8 +53,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --gid 1000 mammo \
     && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin mammo
 
-COPY --from=builder /opt/mammo/venv /opt/mammo/venv
-COPY --from=builder /tmp/wheel /tmp/wheel
+COPY --from=deps /opt/mammo/venv /opt/mammo/venv
+COPY --from=wheel /tmp/wheel /tmp/wheel
 COPY dockerfiles/check_image.py /opt/mammo/check_image.py
 RUN python -m pip install --no-cache-dir --no-deps --no-index /tmp/wheel/*.whl \
     && rm -rf /tmp/wheel \

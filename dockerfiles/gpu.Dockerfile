@@ -12,10 +12,10 @@
 #
 #   docker build -f dockerfiles/gpu.Dockerfile -t ghcr.io/mammo-project/mammo-gpu:0.1.0 .
 #
-# BASE_IMAGE and the two stages: as in cpu.Dockerfile, whose first builder layers this build shares.
+# BASE_IMAGE and the three stages: as in cpu.Dockerfile, whose first deps layers this build shares.
 ARG BASE_IMAGE=python:3.11.13-slim-bookworm
 
-FROM ${BASE_IMAGE} AS builder
+FROM ${BASE_IMAGE} AS deps
 # the host's package index, when it is not PyPI (set by `mammo images build`)
 ARG PIP_INDEX_URL
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -29,6 +29,8 @@ COPY dockerfiles/requirements-gpu.lock /tmp/build/
 RUN if [ -f /tmp/build/build-ca.pem ]; then export PIP_CERT=/tmp/build/build-ca.pem; fi \
     && /opt/mammo/venv/bin/python -m pip install --no-cache-dir \
          -c /tmp/build/requirements.lock -r /tmp/build/requirements-gpu.lock
+# the project's wheel, in a stage of its own: a code change leaves the deps stage (and its copy) cached
+FROM deps AS wheel
 WORKDIR /tmp/src
 COPY pyproject.toml setup.py README.md ./
 COPY components ./components
@@ -53,8 +55,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --gid 1000 mammo \
     && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin mammo
 
-COPY --from=builder /opt/mammo/venv /opt/mammo/venv
-COPY --from=builder /tmp/wheel /tmp/wheel
+COPY --from=deps /opt/mammo/venv /opt/mammo/venv
+COPY --from=wheel /tmp/wheel /tmp/wheel
 COPY dockerfiles/check_image.py /opt/mammo/check_image.py
 RUN python -m pip install --no-cache-dir --no-deps --no-index /tmp/wheel/*.whl \
     && rm -rf /tmp/wheel \

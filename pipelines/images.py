@@ -212,7 +212,12 @@ def build_image(kind: str, tag: str, context: Path, base: str | None = None, set
         if cert and Path(cert).is_file():
             shutil.copyfile(cert, ca_target)  # builder stage only; removed below
         log.info("building %s (%s) from %s", tag, DOCKERFILE[kind], base or "the Dockerfile's BASE_IMAGE")
-        _run(cmd + ["."], cwd=context)
+        try:
+            _run(cmd + ["."], cwd=context)
+        except RuntimeError as exc:
+            if base:
+                raise
+            raise RuntimeError(f"{exc}; where the public base image cannot be pulled, build with --local-base") from None
     finally:
         ca_target.unlink(missing_ok=True)
     user = image_user(tag)

@@ -1,9 +1,12 @@
 """Run the compiled-for-cluster pipeline on this machine with ``kfp.local`` and summarise it.
 
-``kfp.local.SubprocessRunner(use_venv=False)`` runs every lightweight component as a subprocess
-of the current Python, so the installed ``mammo`` package is what runs, exactly as in our images.
-Each step writes a ``report.json`` (with a ``step`` key) into its main output artifact; the run
-summary is assembled from those files after the run.
+``runner="subprocess"`` (``kfp.local.SubprocessRunner(use_venv=False)``) runs every lightweight
+component as a subprocess of the current Python: the installed ``mammo`` package, fast, for
+development. ``runner="docker"`` runs every task in the image the compiled pipeline names for it,
+as Kubeflow does (``pipelines/local_runners.py``). Each step writes a ``report.json`` (with a
+``step`` key) into its main output artifact; the run summary is assembled from those files after
+the run, with one entry per task (name, image, status, seconds), and a task of a step that left no
+report fails the run whatever kfp.local said.
 """
 
 from __future__ import annotations
@@ -20,29 +23,64 @@ log = logging.getLogger(__name__)
 
 
 def run_local(cfg: Config, data_uri: str, normals_uri: str, out_dir: str | Path, serving_root: str | None = None,
-              extract_shards: int = 1) -> dict:
+              extract_shards: int = 1, runner: str = "subprocess") -> dict:
     """Execute the pipeline locally; returns (and writes) ``out_dir/run-summary.json``."""
     from kfp import local
 
+    from mammo.pipelines import local_runners
     from mammo.pipelines.pipeline import mammo_pipeline, pipeline_arguments
+
+    if runner not in local_runners.RUNNERS:
+        raise ValueError(f"runner {runner!r}: use one of {', '.join(local_runners.RUNNERS)}")
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     serving_root = str(Path(serving_root).resolve()) if serving_root else str(out_dir / "serving")
     kfp_root = out_dir / "kfp"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root), raise_on_error=True)
+    kfp_root.mkdir(exist_ok=True)
+    images = local_runners.task_images(mammo_pipeline)
+    handed_over: list[str] = []
+    if runner == "docker":
+        if any("://" in uri for uri in (data_uri, normals_uri, serving_root)):
+            raise ValueError("--runner docker reads and writes local folders only (its containers have no network)")
+        Path(serving_root).mkdir(parents=True, exist_ok=True)
+        kfp_runner = local_runners.docker_runner(
+            images, read_only=[str(Path(data_uri).resolve()), str(Path(normals_uri).resolve())],
+            writable=[serving_root], pipeline_root=str(kfp_root))
+        helper_image = images["ingest"]
+        handed_over = [str(kfp_root), serving_root]
+        local_runners.hand_over(handed_over, local_runners.check_images({helper_image})[helper_image], helper_image)
+    else:
+        kfp_runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=kfp_runner, pipeline_root=str(kfp_root), raise_on_error=True)
     args = pipeline_arguments(cfg, str(Path(data_uri).resolve()), str(Path(normals_uri).resolve()), serving_root,
                               extract_shards)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     before = set(kfp_root.glob("*")) if kfp_root.exists() else set()
     start = time.time()
-    mammo_pipeline(**args)
+    error: Exception | None = None
+    try:
+        with local_runners.TaskTracker(images) as tracker:
+            mammo_pipeline(**args)
+    except Exception as exc:  # noqa: BLE001 - named below, with the task that failed
+        error = exc
+    finally:
+        if handed_over:  # outputs back to whoever ran this
+            local_runners.hand_over(handed_over, local_runners.invoking_user(), helper_image)
     run_dirs = sorted(set(kfp_root.glob("*")) - before, key=lambda p: p.stat().st_mtime)
+    failed = local_runners.check_tasks(tracker.tasks, run_dirs[-1] if run_dirs else None)
+    if failed:
+        raise RuntimeError(f"task {failed.name} failed in {failed.image if runner == 'docker' else 'this Python'}"
+                           f" ({runner} runner): {failed.error}") from error
+    if error is not None:
+        raise error
     if not run_dirs:
         raise RuntimeError(f"kfp.local wrote no run directory under {kfp_root}")
     summary = build_summary(run_dirs[-1], cfg)
     summary["seconds"] = round(time.time() - start, 1)
     summary["run_dir"] = str(run_dirs[-1])
+    summary["runner"] = runner
+    summary["tasks"] = [task.summary() for task in tracker.tasks]
     (out_dir / RUN_SUMMARY).write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -105,10 +105,9 @@ def test_dockerfile_starts_from_a_pinned_base_that_can_be_replaced(image):
     base_args = [a for kw, a in steps[:first_from] if kw == "ARG" and a.startswith("BASE_IMAGE=")]
     assert len(base_args) == 1, "one global ARG BASE_IMAGE=<public base>"
     assert re.fullmatch(PUBLIC_BASE, base_args[0].split("=", 1)[1]), base_args[0]
-    # every stage starts from it: builder and final image share the base (and its Python)
+    # deps and the final image start from it (same Python); the wheel stage builds on deps
     froms = args_of(path, "FROM")
-    assert len(froms) == 2 and all(f.split()[0] == "${BASE_IMAGE}" for f in froms), froms
-    assert froms[0].endswith(" AS builder")
+    assert froms == ["${BASE_IMAGE} AS deps", "deps AS wheel", "${BASE_IMAGE}"], froms
 
 
 def _package_dirs() -> set[str]:
@@ -133,9 +132,9 @@ def _stages(path: Path) -> list[list[tuple[str, str]]]:
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_dockerfile_installs_the_locked_dependencies_then_this_project(image):
     path = IMAGES[image]["file"]
-    builder, final = _stages(path)
+    deps, wheel, final = _stages(path)
     copied: set[str] = set()
-    for kw, args in builder + final:
+    for kw, args in deps + wheel + final:
         if kw == "COPY" and not args.startswith("--from"):
             *sources, _dest = shlex.split(args)
             copied.update(s.rstrip("/") for s in sources)
@@ -143,18 +142,19 @@ def test_dockerfile_installs_the_locked_dependencies_then_this_project(image):
     needed = {"pyproject.toml", "setup.py", PYPROJECT["project"]["readme"], "dockerfiles/check_image.py",
               *IMAGES[image]["locks"]} | _package_dirs()
     assert needed <= copied, needed - copied
-    builder_runs = [(i, a) for i, (kw, a) in enumerate(builder) if kw == "RUN"]
-    lock_installs = [i for i, a in builder_runs if re.search(r"pip install --no-cache-dir -r /tmp/build/requirements\.lock$", a)]
-    wheel_builds = [i for i, a in builder_runs if re.search(r"pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheel \.$", a)]
-    assert len(lock_installs) == 1 and len(wheel_builds) == 1
-    # layer order: the dependency layers sit before the source is copied, so code changes reuse them
-    source_copies = [i for i, (kw, a) in enumerate(builder) if kw == "COPY" and set(shlex.split(a)[:-1]) & (_package_dirs() | {"setup.py"})]
-    assert lock_installs[0] < min(source_copies) < wheel_builds[0]
+    deps_runs = [a for kw, a in deps if kw == "RUN"]
+    assert len([a for a in deps_runs if re.search(r"pip install --no-cache-dir -r /tmp/build/requirements\.lock$", a)]) == 1
+    wheel_runs = [a for kw, a in wheel if kw == "RUN"]
+    assert len(wheel_runs) == 1 and re.search(r"pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheel \.$", wheel_runs[0])
+    # the source only reaches the wheel stage, so a code change rebuilds neither the dependencies nor their copy
+    sources = _package_dirs() | {"setup.py", "pyproject.toml"}
+    assert not [a for kw, a in deps + final if kw == "COPY" and set(shlex.split(a)[:-1]) & sources]
     if image == "gpu":
-        gpu = [a for _, a in builder_runs if "-r /tmp/build/requirements-gpu.lock" in a]
+        gpu = [a for a in deps_runs if "-r /tmp/build/requirements-gpu.lock" in a]
         assert len(gpu) == 1 and "-c /tmp/build/requirements.lock" in gpu[0]
-    # the final image: the builder's environment and wheel, the project without dependencies, pip check
-    assert ("COPY", "--from=builder /opt/mammo/venv /opt/mammo/venv") in final
+    # the final image: the deps' environment and the wheel, the project without dependencies, pip check
+    assert ("COPY", "--from=deps /opt/mammo/venv /opt/mammo/venv") in final
+    assert ("COPY", "--from=wheel /tmp/wheel /tmp/wheel") in final
     final_runs = [a for kw, a in final if kw == "RUN"]
     install = [a for a in final_runs if "pip install" in a]
     assert len(install) == 1 and "--no-deps --no-index /tmp/wheel/*.whl" in install[0] and "pip check" in install[0]
@@ -168,7 +168,7 @@ def test_dockerfile_installs_the_locked_dependencies_then_this_project(image):
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_dockerfile_imports_every_module_as_the_images_user_at_build_time(image):
-    _builder, final = _stages(IMAGES[image]["file"])
+    *_build, final = _stages(IMAGES[image]["file"])
     user_at = max(i for i, (kw, _) in enumerate(final) if kw == "USER")
     checks = [a for kw, a in final[user_at:] if kw == "RUN"]
     assert checks == [f"python /opt/mammo/check_image.py {image}"]
