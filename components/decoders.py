@@ -213,9 +213,16 @@ def _map_float(pixels: np.ndarray, path: str | Path) -> np.ndarray:
 def _read_pil(fh: IO[bytes], path: str | Path, max_pixels: int | None) -> tuple[np.ndarray, ImageInfo]:
     from PIL import Image
 
-    if max_pixels:
-        Image.MAX_IMAGE_PIXELS = max(int(max_pixels), Image.MAX_IMAGE_PIXELS or 0)
-    with Image.open(fh) as img:  # lazy: only the header is read here
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if max_pixels:  # our budget replaces PIL's own bomb check (which would name neither file nor setting)
+        Image.MAX_IMAGE_PIXELS = None
+    try:
+        opened = Image.open(fh)  # lazy: only the header is read here
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{path}: {exc}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+    with opened as img:
         cols, rows = img.size
         check_budget(path, rows, cols, max_pixels, getattr(img, "n_frames", 1))
         mode = img.mode
