@@ -238,3 +238,24 @@ def test_millimetres_become_pixels_from_each_images_spacing(cases_path, tmp_path
     assert set(manifest["spacing_source"]) == {"manifest"}
     normal = manifest[manifest["label"] == "normal"]
     assert set(normal["crop_size"]) <= {96} and (manifest["crop_size"] >= 48).all()
+
+
+def _side_auc(manifest: pd.DataFrame) -> float:
+    """How well the crop side (mm) and padding alone tell normal patches from lesion patches (folded
+    rank AUC of a logistic regression fitted on those two columns: 0.5 = no information)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    x = manifest[["crop_mm", "padding_fraction"]].to_numpy()
+    y = (manifest["label"] == "normal").to_numpy()
+    score = LogisticRegression().fit(x, y).predict_proba(x)[:, 1]
+    auc = roc_auc_score(y, score)
+    return max(auc, 1 - auc)
+
+
+def test_the_field_of_view_shortcut_is_gone_under_the_unbiased_protocol(cases_path, tmp_path):
+    extract_patches(cases_path, tmp_path / "p", PAPER, workers=1)
+    extract_patches(cases_path, tmp_path / "u", workers=1)
+    paper, unbiased = (pd.read_parquet(tmp_path / d / "manifest.parquet") for d in ("p", "u"))
+    assert _side_auc(paper) > 0.7
+    assert _side_auc(unbiased) < 0.65
