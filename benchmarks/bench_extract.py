@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{n_images // max(1, args.repeat)} full-size images of {args.shape[0]}x{args.shape[1]} px (16/12-bit DICOM), "
           f"each processed {max(1, args.repeat)} times per timing ({n_images} image extractions; the whole "
-          f"step once), {len(pngs) // max(1, args.repeat)} patches of {cfg.image_size} px, {os.cpu_count()} core(s), "
+          f"step once), {len(pngs) // max(1, args.repeat)} patches of {cfg.patches.image_size} px, {os.cpu_count()} core(s), "
           f"Python {sys.version.split()[0]}, 1-min load average before: {load_before:.1f}\n")
     print("| run | workers | seconds | full-size images/s | images/s per core | peak RSS per worker (MB) |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nworker baseline (spawned, extraction code imported, no image): {baseline:.0f} MB RSS")
     print(f"traced allocations per image: peak {max(traced):.0f} MB, mean {sum(traced) / len(traced):.0f} MB")
     print(f"encoded patch PNG: mean {sum(pngs) / len(pngs) / 1024:.1f} KiB "
-          f"(x records_per_shard={cfg.records_per_shard} -> ~{sum(pngs) / len(pngs) * cfg.records_per_shard / 2**20:.0f} MB "
+          f"(x records_per_shard={cfg.patches.records_per_shard} -> ~{sum(pngs) / len(pngs) * cfg.patches.records_per_shard / 2**20:.0f} MB "
           f"per TFRecord file)")
     return 0
 

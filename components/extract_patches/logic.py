@@ -308,7 +308,8 @@ def _normal_patches(row: dict, pixels: np.ndarray, bits: int, info: ImageInfo, s
             if all((y, x, side) != c for c in corners):
                 corners.append((y, x, side))
     if not corners:
-        shown = f"{sides_mm[0]:.1f} mm" if fixed else f"{min(sides_mm):.1f}-{max(sides_mm):.1f} mm"
+        lo, hi = min(sides_mm), max(sides_mm)
+        shown = f"{lo:.1f} mm" if lo == hi else f"{lo:.1f}-{hi:.1f} mm"
         return [_reject(row, "no_tissue_crop", f"no {shown} crop with >= {cfg.min_tissue_fraction:.0%} tissue")]
     return [
         _patch_record(row, f"{row['case_id']}#{k}", resize_uint8(image8[y : y + side, x : x + side], cfg.image_size),
