@@ -13,9 +13,10 @@ and DDSM ``.LJPEG``, with a pixel budget checked from the header before any pixe
 * DDSM ``.LJPEG`` files are lossless JPEG streams; they are decoded with libjpeg (``pylibjpeg-libjpeg``).
   A stream it cannot decode (some DDSM files carry a known PVRG encoder quirk) fails with an error that
   says how to convert the file.
-* ``max_pixels``: rows x columns (x frames x samples) read from the header; a larger image is refused
-  with :class:`ImageTooLarge` naming the file before anything is decoded (a 248 KB PNG can declare
-  16000 x 16000). A deflated DICOM is inflated with the same byte bound before pydicom reads it.
+* ``max_pixels``: rows x columns (x frames x samples) from the header, read by the project's one bounded
+  header reader (:func:`mammo.components.headers.read_header`); a larger image is refused with
+  :class:`ImageTooLarge` naming the file before anything is decoded (a 248 KB PNG can declare
+  16000 x 16000). A deflated DICOM is inflated with a byte bound before pydicom reads it whole.
 
 Files are local paths or ``gs://`` URIs (read through :mod:`mammo.components.storage`). Only technical
 header values are returned; patient-identifying values never leave this module.
@@ -98,6 +99,32 @@ def check_budget(path: str | Path, rows: int, cols: int, max_pixels: int | None,
                             "(patches.max_pixels); refused before decoding")
 
 
+def check_header(path: str | Path, max_pixels: int | None):
+    """Read the file's header with the one bounded header reader (:mod:`mammo.components.headers`) and
+    refuse it when it declares more than ``max_pixels`` pixels; returns the header (None without a budget).
+
+    A header that cannot be read within its byte bound (a deflated DICOM inflating past it) is
+    :class:`ImageTooLarge`; any other unreadable header is :class:`UnsupportedImage` with its reason.
+    """
+    if not max_pixels:
+        return None
+    from PIL import Image
+
+    from mammo.components.headers import HEADER_TOO_LARGE, HeaderError, read_header
+
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the budget below decides, naming the file and the setting
+    try:
+        header = read_header(str(path))
+    except HeaderError as exc:
+        kind = ImageTooLarge if exc.reason == HEADER_TOO_LARGE else UnsupportedImage
+        raise kind(f"{path}: {exc.reason}: {exc.message}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+    check_budget(path, header.rows, header.cols, max_pixels, header.frames * header.samples_per_pixel)
+    return header
+
+
 # -- DICOM ----------------------------------------------------------------------------------------
 
 
@@ -137,23 +164,20 @@ def _bounded_inflate(data: bytes, limit: int, path: str | Path) -> None:
 
 def read_dicom(path: str | Path, max_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo]:
     """Pixel array (as stored: signed samples stay signed) and technical info of a DICOM file."""
+    header = check_header(path, max_pixels)
     with open_binary(path) as fh:
-        return _read_dicom_fh(fh, path, max_pixels)
+        return _read_dicom_fh(fh, path, max_pixels, header.transfer_syntax if header else "")
 
 
-def _read_dicom_fh(fh: IO[bytes], path: str | Path, max_pixels: int | None) -> tuple[np.ndarray, ImageInfo]:
+def _read_dicom_fh(fh: IO[bytes], path: str | Path, max_pixels: int | None,
+                   transfer_syntax: str = "") -> tuple[np.ndarray, ImageInfo]:
     import pydicom
 
-    if max_pixels:
-        if _transfer_syntax(fh) == DEFLATED:  # pydicom would inflate it whole: bound it first
-            raw = fh.read()
-            _bounded_inflate(raw[_meta_end(raw):], max_pixels * 8 + (1 << 20), path)
-            fh = io.BytesIO(raw)
-        else:
-            _check_dicom_budget(pydicom.dcmread(fh, stop_before_pixels=True, force=True), path, max_pixels)
-            fh.seek(0)
+    if max_pixels and transfer_syntax == DEFLATED:  # pydicom would inflate it whole: bound it first
+        raw = fh.read()
+        _bounded_inflate(raw[_meta_end(raw):], max_pixels * 8 + (1 << 20), path)
+        fh = io.BytesIO(raw)
     ds = pydicom.dcmread(fh)
-    _check_dicom_budget(ds, path, max_pixels)
     try:
         pixels = ds.pixel_array
     except Exception as exc:
@@ -163,27 +187,6 @@ def _read_dicom_fh(fh: IO[bytes], path: str | Path, max_pixels: int | None) -> t
     if pixels.ndim != 2:
         raise UnsupportedImage(f"{path}: expected a single-frame grayscale image, got shape {pixels.shape}")
     return pixels, _dicom_info(ds)
-
-
-def _check_dicom_budget(ds, path, max_pixels) -> None:
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    check_budget(path, int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0), max_pixels,
-                 frames * samples)
-
-
-def _transfer_syntax(fh: IO[bytes]) -> str:
-    import pydicom
-
-    pos = fh.tell()
-    try:
-        if pydicom.filereader.read_preamble(fh, force=True) is None:
-            return ""
-        return str(pydicom.filereader._read_file_meta_info(fh).get("TransferSyntaxUID", "") or "")
-    except Exception:  # no readable meta group: pydicom's own read reports the problem
-        return ""
-    finally:
-        fh.seek(pos)
 
 
 def _meta_end(raw: bytes) -> int:
@@ -214,7 +217,7 @@ def _read_pil(fh: IO[bytes], path: str | Path, max_pixels: int | None) -> tuple[
     from PIL import Image
 
     pil_limit = Image.MAX_IMAGE_PIXELS
-    if max_pixels:  # our budget replaces PIL's own bomb check (which would name neither file nor setting)
+    if max_pixels:  # checked from the header already (check_header)
         Image.MAX_IMAGE_PIXELS = None
     try:
         opened = Image.open(fh)  # lazy: only the header is read here
@@ -223,8 +226,6 @@ def _read_pil(fh: IO[bytes], path: str | Path, max_pixels: int | None) -> tuple[
     finally:
         Image.MAX_IMAGE_PIXELS = pil_limit
     with opened as img:
-        cols, rows = img.size
-        check_budget(path, rows, cols, max_pixels, getattr(img, "n_frames", 1))
         mode = img.mode
         if mode.startswith("I;16"):
             pixels, bits = np.asarray(img, dtype=np.uint16), 16
@@ -243,31 +244,8 @@ def _read_pil(fh: IO[bytes], path: str | Path, max_pixels: int | None) -> tuple[
     return pixels, ImageInfo(rows=pixels.shape[0], cols=pixels.shape[1], bits_stored=bits, photometric="MONOCHROME2")
 
 
-def _sof_size(data: bytes) -> tuple[int, int, int] | None:
-    """(rows, cols, precision) from the first JPEG start-of-frame marker, or None."""
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            precision, rows, cols = data[i + 4], *struct.unpack(">HH", data[i + 5 : i + 9])
-            return rows, cols, precision
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            i += 2 if marker != 0xFF else 1
-            continue
-        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
-    return None
-
-
-def _read_ljpeg(fh: IO[bytes], path: str | Path, max_pixels: int | None) -> tuple[np.ndarray, ImageInfo]:
+def _read_ljpeg(fh: IO[bytes], path: str | Path) -> tuple[np.ndarray, ImageInfo]:
     data = fh.read()
-    size = _sof_size(data)
-    if size is None:
-        raise UnsupportedImage(f"{path}: no JPEG frame header found in this .LJPEG file; {LJPEG_HELP}")
-    rows, cols, precision = size
-    check_budget(path, rows, cols, max_pixels)
     try:
         from libjpeg import decode
 
@@ -275,9 +253,10 @@ def _read_ljpeg(fh: IO[bytes], path: str | Path, max_pixels: int | None) -> tupl
     except Exception as exc:
         raise UnsupportedImage(f"{path}: cannot decode this DDSM .LJPEG stream ({type(exc).__name__}: {exc}); "
                                f"{LJPEG_HELP}") from exc
-    if pixels.shape != (rows, cols):
-        raise UnsupportedImage(f"{path}: decoded {pixels.shape}, header says {rows}x{cols}; {LJPEG_HELP}")
-    return pixels, ImageInfo(rows=rows, cols=cols, bits_stored=int(precision), photometric="MONOCHROME2")
+    if pixels.ndim != 2:
+        raise UnsupportedImage(f"{path}: decoded shape {pixels.shape}, expected one grey plane; {LJPEG_HELP}")
+    bits = 8 if pixels.dtype.itemsize == 1 else 16
+    return pixels, ImageInfo(rows=pixels.shape[0], cols=pixels.shape[1], bits_stored=bits, photometric="MONOCHROME2")
 
 
 def read_image(path: str | Path, max_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo]:
@@ -286,11 +265,12 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> tuple[np.ndar
     ``path`` is a local path or a ``gs://bucket/object`` URI (pass URIs as ``str``: ``Path`` would fold
     the ``//``). ``max_pixels`` (0 / None = no budget) is checked from the header before decoding.
     """
+    header = check_header(path, max_pixels)
     with open_binary(path) as fh:
         head = fh.read(132)
         fh.seek(0)
         if is_dicom(str(path), head):
-            return _read_dicom_fh(fh, path, max_pixels)
+            return _read_dicom_fh(fh, path, max_pixels, header.transfer_syntax if header else "")
         if str(path).lower().endswith(LJPEG_SUFFIXES):
-            return _read_ljpeg(fh, path, max_pixels)
+            return _read_ljpeg(fh, path)
         return _read_pil(fh, path, max_pixels)

@@ -17,7 +17,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from mammo.components.config import Config, PatchConfig
-from mammo.components.decoders import ImageTooLarge, read_image
+from mammo.components.decoders import ImageTooLarge, UnsupportedImage, read_image
 from mammo.components.extract_patches.logic import run
 
 PATCHES = PatchConfig(image_size=32, min_crop_mm=1.2, normal_crop_mm=2.4, max_pixels=4_000_000)
@@ -35,7 +35,8 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def _dicom(path: Path, pixels: np.ndarray, syntax=ExplicitVRLittleEndian, rows=None, cols=None, extra=b"") -> Path:
+def _dicom(path: Path, pixels: np.ndarray, syntax=ExplicitVRLittleEndian, rows=None, cols=None, extra=b"",
+           extra_tag=0x00091010) -> Path:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -46,7 +47,7 @@ def _dicom(path: Path, pixels: np.ndarray, syntax=ExplicitVRLittleEndian, rows=N
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     if extra:
-        ds.add_new(0x00091010, "OB", extra)  # a private blob (compresses to almost nothing)
+        ds.add_new(extra_tag, "OB", extra)  # a private blob (compresses to almost nothing)
     ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -92,11 +93,17 @@ def test_oversized_headers_are_refused_before_decoding_naming_the_file(tmp_path)
 
 
 def test_a_deflated_dicom_bomb_is_refused_without_inflating_it_whole(tmp_path):
-    bomb = _dicom(tmp_path / "bomb.dcm", np.zeros((10, 10)), syntax=DeflatedExplicitVRLittleEndian,
-                  extra=b"\0" * (64 << 20))  # 64 MiB of zeros, a few tens of KB on disk
-    assert bomb.stat().st_size < 1 << 20
-    with pytest.raises(ImageTooLarge, match=r"bomb\.dcm.*deflated DICOM inflates to more than"):
-        read_image(bomb, max_pixels=10_000)
+    # 64 MiB of zeros, a few tens of KB on disk: before the image module the header reader gives up on
+    # it; after the pixel data (a header that passes the budget) the bounded inflation refuses it
+    early = _dicom(tmp_path / "early.dcm", np.zeros((10, 10)), syntax=DeflatedExplicitVRLittleEndian,
+                   extra=b"\0" * (64 << 20))
+    late = _dicom(tmp_path / "late.dcm", np.zeros((10, 10)), syntax=DeflatedExplicitVRLittleEndian,
+                  extra=b"\0" * (64 << 20), extra_tag=0x7FE11010)
+    assert early.stat().st_size < 1 << 20 and late.stat().st_size < 1 << 20
+    with pytest.raises(UnsupportedImage, match=r"early\.dcm"):
+        read_image(early, max_pixels=10_000)
+    with pytest.raises(ImageTooLarge, match=r"late\.dcm.*deflated DICOM inflates to more than"):
+        read_image(late, max_pixels=10_000)
     small = _dicom(tmp_path / "small.dcm", np.arange(100).reshape(10, 10), syntax=DeflatedExplicitVRLittleEndian)
     assert read_image(small, max_pixels=10_000)[0].tolist() == np.arange(100).reshape(10, 10).tolist()
 
