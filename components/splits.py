@@ -55,9 +55,22 @@ def patient_split(rows: pd.DataFrame, validation_fraction: float, seed: int) -> 
                 warnings.simplefilter("ignore", UserWarning)
                 _, val_idx = next(sgkf.split(train, train["label_index"], patients))
             subset[train.index[val_idx]] = "validation"
-            return subset
+            return _cover_every_class(subset, train, seed)
         except ValueError:  # every class smaller than n_splits
             pass
     for i, p in zip(train.index, patients):
         subset[i] = "validation" if stable_fraction(f"{seed}:{p}") < validation_fraction else "train"
+    return _cover_every_class(subset, train, seed)
+
+
+def _cover_every_class(subset: pd.Series, train: pd.DataFrame, seed: int) -> pd.Series:
+    """Move one seeded patient into validation for each class that has >= 2 training patients and no
+    validation row, so validation can score every class (validate_data fails a class missing there)."""
+    for label in sorted(train["label_index"].unique()):
+        idx = train.index[train["label_index"] == label]
+        if (subset[idx] == "validation").any():
+            continue
+        patients = sorted(set(train.loc[idx, "patient_id"]), key=lambda p: stable_fraction(f"{seed}:{p}"))
+        if len(patients) >= 2:
+            subset[train.index[train["patient_id"] == patients[0]]] = "validation"
     return subset

@@ -131,13 +131,14 @@ def build_pipeline(cfg: Config | None = None, *, retries: bool = True):
             train_task = train(dataset=balance_task.outputs["dataset"], backbone=backbone, config=run_config)
             _train_step(train_task.set_display_name("train"), cl, retries)
             evaluate_task = evaluate(model=train_task.outputs["model"], dataset=balance_task.outputs["dataset"],
-                                     backbone=backbone, config=run_config)
+                                     backbone=backbone, config=run_config, cases=ingest_task.outputs["cases"])
             _step(evaluate_task.set_display_name("evaluate"), cl, "eval", cache=True)
             _retry(evaluate_task, cl, retry_count)
 
         gate_task = select_and_gate(evaluations=dsl.Collected(evaluate_task.outputs["evaluation"]),
                                     models=dsl.Collected(train_task.outputs["model"]), config=run_config,
-                                    serving_root=serving_root).set_display_name("select_and_gate")
+                                    serving_root=serving_root,
+                                    dataset=balance_task.outputs["dataset"]).set_display_name("select_and_gate")
         # never cached: the decision depends on the champion being served now
         _step(gate_task, cl, "gate", cache=False, models=True)
         _retry(gate_task, cl, retry_count)

@@ -41,7 +41,7 @@ def test_compile_writes_gpu_train_loop_and_conditional_deploy(tmp_path):
 
     # select_and_gate collects the per-backbone outputs
     gate_inputs = root["select-and-gate"]["inputs"]["artifacts"]
-    assert set(gate_inputs) == {"evaluations", "models"}
+    assert set(gate_inputs) == {"evaluations", "models", "dataset"}
 
 
 def test_compiled_components_do_not_pip_install(tmp_path):
