@@ -11,7 +11,8 @@ TINY = {
     "patches.image_size": 32, "patches.min_crop_mm": 1.2, "patches.normal_crop_mm": 2.4,
     "train.input_size": 32, "train.batch_size": 16, "train.stage1_epochs": 1, "train.stage2_epochs": 1,
     "train.stage3_max_epochs": 2, "validate.min_per_class": 3,
-    "gate.auc_threshold": 0.0,  # a two-epoch model must still pass, so the deploy branch runs
+    # a two-epoch model must still pass (even one that predicts mostly one class), so the deploy branch runs
+    "gate.auc_threshold": 0.0, "gate.max_single_class_fraction": 1.0,
 }
 
 
@@ -28,7 +29,8 @@ def test_local_run_ingests_trains_gates_deploys_and_the_model_predicts(synth_dat
     test_metrics = on_disk["backbones"]["mobilenetv3small"]["test"]
     assert 0.0 <= test_metrics["macro_auc"] <= 1.0 and len(test_metrics["confusion_matrix"]) == 5
     gate = on_disk["gate"]
-    assert gate["promoted"] is True and gate["threshold"] == 0.0 and gate["metric"] == "macro_auc"
+    assert gate["promoted"] is True, gate["reason"]
+    assert gate["threshold"] == 0.0 and gate["metric"] == "macro_auc"
     serving = on_disk["serving"]
     version_dir = Path(serving["path"])
     assert serving["version"] == 1 and serving["model_name"] == "mammo"
@@ -46,11 +48,19 @@ def test_local_run_ingests_trains_gates_deploys_and_the_model_predicts(synth_dat
         assert abs(sum(r["probabilities"].values()) - 1.0) < 1e-3
         assert r["class_name"] in r["probabilities"]
 
-    # a second run against the same serving root: the champion is read back; a failing gate pushes nothing
-    strict = cfg.with_overrides({"gate.auc_threshold": 1.01})
-    second = run_local(strict, synth_data / "cbis", synth_data / "normals", tmp_path / "run2",
-                       serving_root=tmp_path / "run/serving")
-    assert second["gate"]["promoted"] is False and "< threshold 1.0100" in second["gate"]["reason"]
-    assert second["gate"]["champion_value"] == gate["value"]
-    assert second["serving"] is None
+    # the gate of a later run, called directly on this run's outputs against the same serving root: the
+    # champion (version 1) is read back and re-scored on the test split; a failing gate pushes nothing
+    from mammo.components import contracts
+    from mammo.components.select_and_gate.logic import run as select_and_gate
+
+    evaluations = sorted({p.parent for p in run_dir.rglob(contracts.METRICS)})
+    models = sorted({p.parent for p in run_dir.rglob(contracts.MODEL_KERAS)} - {Path(serving["path"])})
+    dataset = next(p.parent for p in run_dir.rglob(contracts.SPLITS_TABLE))
+    strict = cfg.with_overrides({"gate.auc_threshold": 1.0})  # unreachable for a two-epoch model
+    decision = select_and_gate(evaluations, models[:1], tmp_path / "run/serving", tmp_path / "decision",
+                               tmp_path / "selected", strict, dataset=dataset)
+    record = contracts.read_report(tmp_path / "decision")
+    assert decision.promoted is False and record["promoted"] is False
+    assert "< threshold 1.0000" in record["reason"]
+    assert record["champion_version"] == 1 and record["champion_value"] is not None
     assert sorted(p.name for p in (tmp_path / "run/serving/mammo").iterdir()) == ["1"]
