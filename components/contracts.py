@@ -135,7 +135,7 @@ MANIFEST_COLUMNS: list[str] = [
     "patch_id", "case_id", "patient_id", "label", "label_index", "split", "subset", "source", "scanner",
     "abnormality_type", "view", "breast_density", "bits_stored", "patch_source", "mask_status", "crop_y0",
     "crop_x0", "crop_size", "crop_mm", "padding_fraction", "pixel_spacing_mm", "spacing_source", "mask_blobs",
-    "protocol", "file", "record_index",
+    "protocol", "file", "record_index", "intensity_p01", "intensity_p99",
 ]
 
 

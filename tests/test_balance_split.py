@@ -106,6 +106,26 @@ def test_balance_split_writes_split_records_and_table_1(tmp_path):
     assert len(table) == sum(sum(c.values()) for c in report.counts.values())
 
 
+
+def test_balance_refuses_a_class_of_near_black_patches_naming_class_and_source(tmp_path):
+    from mammo.components.runtime import DataRejected
+
+    m = make_manifest(overlap=())
+    src = tmp_path / "patches"
+    src.mkdir()
+    m["file"], m["record_index"], m["source"] = "p.tfrecord", range(len(m)), "cbis-ddsm"
+    m.loc[m["label"] == "normal", "source"] = "ddsm-normals"
+    # normals mapped with the wrong bit depth: every patch near black; the others look like tissue
+    m["intensity_p01"], m["intensity_p99"] = 20, 200
+    m.loc[m["label"] == "normal", ["intensity_p01", "intensity_p99"]] = (0, 9)
+    m.to_parquet(src / "manifest.parquet")
+    write_report(src, "extract_patches", {"shard_index": 0, "num_shards": 1})
+    with pytest.raises(DataRejected, match="normal") as caught:
+        run([src], tmp_path / "out", Config(seed=2))
+    assert "ddsm-normals" in str(caught.value) and "calc_benign" not in str(caught.value)
+    checks = pd.read_json(tmp_path / "out/report.json", typ="series")["patch_checks"]
+    assert len(checks) == 1 and "normal" in checks[0]["subject"]
+
 # -- the paper's Table 1 with the real dataset sizes --------------------------------------------------
 
 # Abnormality rows (one per abnormality per view) per class and official split in the four CBIS-DDSM

@@ -36,6 +36,12 @@ def test_local_run_ingests_trains_gates_deploys_and_the_model_predicts(synth_dat
     assert serving["version"] == 1 and serving["model_name"] == "mammo"
     assert version_dir == tmp_path / "run/serving/mammo/1" and (version_dir / "saved_model.pb").exists()
 
+    # the evaluation report explains the model: Grad-CAM on test patches, heatmaps over full test images
+    from mammo.components import contracts
+
+    page = next(Path(on_disk["run_dir"]).rglob(f"evaluation/{contracts.REPORT_HTML}")).read_text()
+    assert "Grad-CAM" in page and "Heatmaps of full test images" in page and "Shortcut audit" in page
+
     # the deployed SavedModel runs on a PNG patch and on a DICOM file through the CLI
     run_dir = Path(on_disk["run_dir"])
     png = next(run_dir.rglob("preview_normal.png"))
@@ -50,7 +56,6 @@ def test_local_run_ingests_trains_gates_deploys_and_the_model_predicts(synth_dat
 
     # the gate of a later run, called directly on this run's outputs against the same serving root: the
     # champion (version 1) is read back and re-scored on the test split; a failing gate pushes nothing
-    from mammo.components import contracts
     from mammo.components.select_and_gate.logic import run as select_and_gate
 
     evaluations = sorted({p.parent for p in run_dir.rglob(contracts.METRICS)})

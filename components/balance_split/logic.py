@@ -27,8 +27,10 @@ import pandas as pd
 from mammo.components.config import CLASS_NAMES, BalanceConfig, Config
 from mammo.components.contracts import (COUNTS_MD, SPLITS, SPLITS_TABLE, check_shards_complete, read_manifests,
                                        split_records, write_report)
+from mammo.components.runtime import fail_with_summary
 from mammo.components.splits import patient_split
 from mammo.components.tfrecords import iter_records, write_records
+from mammo.components.validate_data.checks import PATCH_INTENSITY_COLUMNS, check_patch_intensity
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ class BalanceReport:
     dropped_patches: int = 0
     class_weights: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    #: near-black / saturated patch groups (class, source) found by validate_data's patch check
+    patch_checks: list[dict] = field(default_factory=list)
 
 
 def assign_splits(manifest: pd.DataFrame, validation_fraction: float, seed: int) -> tuple[pd.Series, list[str]]:
@@ -127,6 +131,19 @@ def counts_markdown(report: BalanceReport) -> str:
     return md
 
 
+def _check_patch_intensity(manifest: pd.DataFrame, out_dir: Path, cfg: Config) -> None:
+    """Refuse the data when a class or source has near-black or saturated patches (a wrong pixel
+    mapping, e.g. 8-bit files read as 12-bit): only here are all shards' patch statistics together.
+    The report is written first, so the refusal is visible in the UI."""
+    if not set(PATCH_INTENSITY_COLUMNS) <= set(manifest.columns):
+        return  # shards extracted before the statistics existed
+    failures = check_patch_intensity(manifest, cfg.validate)
+    if failures:
+        report = BalanceReport(mode=cfg.balance.mode, patch_checks=[f.to_dict() for f in failures])
+        write_report(out_dir, "balance_split", asdict(report))
+        raise fail_with_summary("balance_split", "; ".join(map(str, failures)), asdict(report))
+
+
 def run(patches: list[str | Path], dataset: str | Path, cfg: Config) -> BalanceReport:
     """Join the extraction shards (``patches`` artifacts), split, balance and write the ``dataset``
     artifact: one TFRecord file per split, the splits table, the counts table and ``report.json``."""
@@ -140,6 +157,7 @@ def run(patches: list[str | Path], dataset: str | Path, cfg: Config) -> BalanceR
 
     manifest["assigned_split"], overlap = assign_splits(manifest, bcfg.validation_fraction, seed)
     check_no_leakage(manifest)
+    _check_patch_intensity(manifest, out_dir, cfg)
     selected, weights = balance(manifest, bcfg.mode, seed)
     check_no_leakage(selected)
     report = BalanceReport(mode=bcfg.mode, dropped_overlap_patients=overlap,

@@ -57,6 +57,7 @@ from mammo.components.imaging import (
 )
 from mammo.components.masks import OK, RESCALED, choose_mask
 from mammo.components.runtime import available_cpus
+from mammo.components.validate_data.checks import patch_intensity_stats
 from mammo.components.splits import seeded_rng, stable_hash
 from mammo.components.tfrecords import serialize_patch, write_records
 
@@ -328,7 +329,8 @@ def _patch_record(row: dict, patch_id: str, patch: np.ndarray, source: str, mask
         "view": row.get("view"), "breast_density": row.get("breast_density"), "bits_stored": int(bits),
         "patch_source": source, "mask_status": mask_status, "crop_y0": y0, "crop_x0": x0, "crop_size": side,
         "crop_mm": round(side * spacing[0], 3), "padding_fraction": float(padding), "pixel_spacing_mm": spacing[0],
-        "spacing_source": spacing[1], "mask_blobs": int(blobs), "protocol": protocol, "png": encode_png(patch),
+        "spacing_source": spacing[1], "mask_blobs": int(blobs), "protocol": protocol, **patch_intensity_stats(patch),
+        "png": encode_png(patch),
     }
 
 
