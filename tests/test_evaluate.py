@@ -11,20 +11,7 @@ from mammo.components.config import CLASS_NAMES, EvaluateConfig
 from mammo.components.evaluate.logic import evaluate_predictions, sample_attributes, subgroup_metrics
 from mammo.components.evaluate.metrics import compute_metrics
 from mammo.components.evaluate.report import render_html
-
-
-def softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def fixed_predictions(n=400, seed=0, signal=1.2):
-    """Reproducible 5-class predictions of moderate quality (every class present)."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 5, n)
-    z = rng.normal(size=(n, 5))
-    z[np.arange(n), y] += signal
-    return y, softmax(z)
+from test_evaluate_metrics import fixed_predictions
 
 
 # -- subgroups ----------------------------------------------------------------------------------
