@@ -80,7 +80,10 @@ _CHILD = textwrap.dedent("""
     from mammo.components.config import Config
     from mammo.components.ingest.logic import run
     report = run(sys.argv[1], sys.argv[2], sys.argv[3], Config())
-    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    # VmHWM: this process's own peak RSS. getrusage's ru_maxrss is not used: Linux carries the parent's
+    # high-water mark over exec, so a child of a large pytest process would report the parent's peak.
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_mb": hwm / 1024, "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "ingested": report.totals.ingested}))
 """)
 
