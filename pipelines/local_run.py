@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from mammo.components.config import Config
-from mammo.components.contracts import RUN_SUMMARY, find_reports
+from mammo.components.contracts import CONFIG_JSON, RUN_SUMMARY, find_reports
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def run_local(cfg: Config, data_uri: str, normals_uri: str, out_dir: str | Path,
     local.init(runner=kfp_runner, pipeline_root=str(kfp_root), raise_on_error=True)
     args = pipeline_arguments(cfg, str(Path(data_uri).resolve()), str(Path(normals_uri).resolve()), serving_root,
                               extract_shards)
-    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    (out_dir / CONFIG_JSON).write_text(json.dumps(cfg.to_dict(), indent=2))
     before = set(kfp_root.glob("*")) if kfp_root.exists() else set()
     start = time.time()
     error: Exception | None = None
