@@ -60,3 +60,19 @@ def test_interval_formulas_give_hand_computed_values() -> None:
     assert auc_standard_error(0.8, 50, 50) == pytest.approx(0.0445, abs=1e-4)
     assert auc_standard_error(0.8, 500, 500) < auc_standard_error(0.8, 50, 50)
     assert wilson_interval(float("nan"), 10) is None and auc_standard_error(0.9, 0, 10) is None
+
+
+def test_model_card_shows_the_shortcut_audit_and_the_champion_comparison() -> None:
+    description = {
+        "backbone": "tiny", "class_names": list(CLASS_NAMES),
+        "gate": {"reason": "promoted", "champion_comparison": {"challenger_auc": 0.91, "champion_auc": 0.88,
+                                                               "difference": 0.03, "difference_ci": [-0.01, 0.07]}},
+        "shortcut_audit": {"available": True, "macro_auc": 0.52, "model_macro_auc": 0.91,
+                           "model_minus_shortcut": 0.39, "features": ["crop_mm", "padding_fraction"]},
+    }
+    card = render_model_card("mammo", description, None)
+    assert "metadata-only baseline (crop_mm, padding_fraction) reaches macro AUC 0.5200" in card
+    assert "difference 0.3900" in card
+    assert "Against the champion on this test set:" in card and "[-0.0100, 0.0700]" in card
+    off = render_model_card("mammo", {**description, "shortcut_audit": {"available": False, "note": "no features"}}, None)
+    assert "Shortcut audit (metadata-only baseline): not available (no features)" in off

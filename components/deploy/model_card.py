@@ -125,6 +125,30 @@ def _fmt(value: Any, interval: tuple[float, float] | None = None) -> str:
     return f"{text} [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else text
 
 
+def _champion_lines(comparison: Any) -> list[str]:
+    """The gate's paired comparison with the champion, re-scored on the same test set."""
+    if not isinstance(comparison, Mapping) or not comparison:
+        return []
+    ci = comparison.get("difference_ci") or comparison.get("ci")
+    text = ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in comparison.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool))
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        text += f"; 95 % interval of the difference [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    return [f"* Against the champion on this test set: {text}"] if text else []
+
+
+def _shortcut_lines(audit: Any) -> list[str]:
+    """The metadata-only baseline (crop side, padding, scanner, bit depth, source) beside the model."""
+    if not isinstance(audit, Mapping):
+        return []
+    if not audit.get("available"):
+        return [f"* Shortcut audit (metadata-only baseline): not available ({audit.get('note') or 'no features'})"]
+    return [f"* Shortcut audit: a metadata-only baseline ({', '.join(audit.get('features') or [])}) reaches "
+            f"macro AUC {_fmt(audit.get('macro_auc'))}; the model {_fmt(audit.get('model_macro_auc'))} "
+            f"(difference {_fmt(audit.get('model_minus_shortcut'))}). A small difference means the model may be "
+            "reading the field of view or the scanner rather than the pathology."]
+
+
 def render_model_card(model_name: str, description: Mapping[str, Any], evaluation: Mapping[str, Any] | None) -> str:
     """The model card (Markdown): model, data, splits, metrics with 95 % intervals, intended use, limitations."""
     evaluation = evaluation or {}
@@ -141,6 +165,8 @@ def render_model_card(model_name: str, description: Mapping[str, Any], evaluatio
     gate = description.get("gate")
     if isinstance(gate, Mapping):
         lines.append(f"* Promotion gate: {gate.get('reason', '')}")
+        lines += _champion_lines(gate.get("champion_comparison"))
+    lines += _shortcut_lines(description.get("shortcut_audit"))
     lines.append("")
 
     lines += ["## Data", ""]
