@@ -66,7 +66,7 @@ def test_model_card_shows_the_shortcut_audit_and_the_champion_comparison() -> No
     description = {
         "backbone": "tiny", "class_names": list(CLASS_NAMES),
         "gate": {"reason": "promoted", "champion_comparison": {"challenger_auc": 0.91, "champion_auc": 0.88,
-                                                               "difference": 0.03, "difference_ci": [-0.01, 0.07]}},
+                                                               "difference": 0.03, "interval": [-0.01, 0.07]}},
         "shortcut_audit": {"available": True, "macro_auc": 0.52, "model_macro_auc": 0.91,
                            "model_minus_shortcut": 0.39, "features": ["crop_mm", "padding_fraction"]},
     }

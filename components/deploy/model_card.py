@@ -129,7 +129,7 @@ def _champion_lines(comparison: Any) -> list[str]:
     """The gate's paired comparison with the champion, re-scored on the same test set."""
     if not isinstance(comparison, Mapping) or not comparison:
         return []
-    ci = comparison.get("difference_ci") or comparison.get("ci")
+    ci = comparison.get("interval")
     text = ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in comparison.items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool))
     if isinstance(ci, (list, tuple)) and len(ci) == 2:
