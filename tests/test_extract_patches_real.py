@@ -2,19 +2,19 @@
 header) with test ROI boxes drawn inside their breasts (the shared files carry no ROI masks), and two
 real DDSM normal CC films (8-bit JPEG conversions whose ``.ics`` says 16 bits at 42 um)."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from shared_data import REAL_DIR
 from mammo.components.config import Config, PatchConfig
 from mammo.components.extract_patches.geometry import breast_mask
 from mammo.components.extract_patches.logic import run
 from mammo.components.imaging import decode_png, read_image, to_uint8
 from mammo.components.tfrecords import iter_records, parse_example
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+SHARED = REAL_DIR
 CBIS = SHARED / "cbis-ddsm-dicom"
 NORMALS = SHARED / "ddsm-normals-jpeg" / "case0018"
 BOX = (300, 240)  # test ROI box, rows x cols (15 x 12 mm at 0.05 mm)

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from shared_data import REAL_DIR
 from mammo.components.config import CLASS_NAMES, load_config
 from mammo.components.explain import heatmap, overlay
 
-REAL_DICOMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "cbis-ddsm-dicom"
+REAL_DICOMS = REAL_DIR / "cbis-ddsm-dicom"
 MASS_MALIGNANT = CLASS_NAMES.index("mass_malignant")
 
 

@@ -2,7 +2,6 @@
 as JPEG lossless, JPEG-LS and JPEG 2000, signed samples, the file's real bit depth, float images, DDSM
 .LJPEG streams, and the pixel budget checked before decoding."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,10 +12,11 @@ from pydicom.uid import (
     JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless,
 )
 
+from shared_data import REAL_DIR
 from mammo.components.decoders import ImageTooLarge, UnsupportedImage, read_image
 from mammo.components.imaging import read_image_uint8, resolve_bits, to_uint8
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "cbis-ddsm-dicom"
+REAL = REAL_DIR / "cbis-ddsm-dicom"
 
 
 def _real():
