@@ -1,30 +1,17 @@
 """The one place where mammo touches files: a local path or ``gs://bucket/prefix``, one API for both.
 
-Every step that reads inputs which may live in Google Cloud Storage goes through here, so local runs
-and cluster runs take the same code path:
+Listing (:func:`list_files`, :func:`scan_files`, :func:`list_children`) returns :class:`Entry`
+objects; :func:`open_read` is seekable and, on GCS, reads lazily in ranged downloads (a DICOM
+header costs a few small requests, never the 50 MB object); whole files move with :func:`read_bytes`,
+:func:`write_bytes`, :func:`upload_file`, :func:`download_file`, :func:`copy` (create-only with
+``if_absent``) and :func:`delete`.
 
-* :func:`list_files` lists a tree once (``os.walk`` locally, one paginated ``list_blobs`` on GCS)
-  and returns :class:`Entry` objects (URI, path relative to the root, size);
-* :func:`open_read` returns a seekable binary file object. On GCS it reads lazily with ranged
-  downloads (:class:`GcsRangeReader` behind an ``io.BufferedReader``), so parsing a DICOM header
-  with ``pydicom.dcmread(fp, stop_before_pixels=True)`` fetches only the first block of a
-  50 MB mammogram, never the whole object and never the bucket;
-* :func:`read_bytes` (whole object or a byte range), :func:`exists`, :func:`write_bytes` /
-  :func:`write_text`;
-* :func:`local_copy` yields a local :class:`~pathlib.Path` for libraries that need one: the file
-  itself when local, else the object streamed in chunks to a temporary file that is removed
-  afterwards.
-
-Local listings yield regular files whose real path lies inside the root; a symbolic link that
-leaves the root (``path_outside_root``), a FIFO, device or socket (``not_a_regular_file``) and a
-dangling link are listed with ``Entry.problem`` set by :func:`scan_files` and never opened (and
-:func:`open_read` refuses a non-regular file without blocking on it).
-
-Transient GCS errors (429, 5xx, dropped connections, timeouts) are retried with exponential
-backoff by ``google.api_core.retry.Retry``: reads and listings within :data:`READ_DEADLINE_S`
-(:data:`READ_RETRY`, so an unreachable bucket fails in seconds, with one line), writes within
-two minutes (:data:`RETRY`); other errors (404, 403) surface at once. With
-``STORAGE_EMULATOR_HOST`` set, the client talks to that emulator anonymously (tests).
+Local listings never follow a link out of the root and never open FIFOs or devices (they are
+listed with ``Entry.problem`` set). Transient GCS errors (429, 5xx, dropped connections, timeouts)
+are retried with exponential backoff: reads within :data:`READ_DEADLINE_S`, so an unreachable
+bucket fails in seconds with one line naming the URI, writes within two minutes. Other errors
+(404, 403) surface at once as :class:`StorageError`. With ``STORAGE_EMULATOR_HOST`` set the client
+talks anonymously to that emulator (tests).
 """
 
 from __future__ import annotations
@@ -35,11 +22,10 @@ import logging
 import os
 import shutil
 import stat
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from google.api_core import exceptions as api_exceptions
@@ -101,6 +87,10 @@ class NotRegularFile(StorageError):
     """A local path is a FIFO, device, socket or directory: refused without reading from it."""
 
 
+class AlreadyExists(StorageError):
+    """A create-only write or copy found its target already there (on GCS: precondition 412)."""
+
+
 @dataclass(frozen=True)
 class Entry:
     """One file of a listed tree."""
@@ -114,6 +104,10 @@ class Entry:
     problem: str = ""
     #: what the problem is, in words
     detail: str = ""
+    #: last modification, POSIX seconds (0.0 when unknown)
+    updated: float = 0.0
+    #: what changes when the content may have: the object generation on GCS, mtime in ns locally
+    version: str = ""
 
     @property
     def name(self) -> str:
@@ -249,7 +243,7 @@ def _local_entry(base: Path, root_real: str, p: Path) -> Entry:
                 else "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
                 else "directory" if stat.S_ISDIR(st.st_mode) else "special file")
         return Entry(str(p), rel, 0, NOT_A_REGULAR_FILE, f"a {kind}, not a regular file")
-    return Entry(str(p), rel, int(st.st_size))
+    return Entry(str(p), rel, int(st.st_size), updated=st.st_mtime, version=str(st.st_mtime_ns))
 
 
 def scan_files(root: str | os.PathLike) -> list[Entry]:
@@ -270,7 +264,9 @@ def scan_files(root: str | os.PathLike) -> list[Entry]:
                 if blob.name.endswith("/"):
                     continue
                 rel = blob.name[len(prefix):]
-                entries.append(Entry(f"{GCS_SCHEME}{bucket}/{blob.name}", rel, int(blob.size or 0)))
+                updated = blob.updated.timestamp() if blob.updated else 0.0
+                entries.append(Entry(f"{GCS_SCHEME}{bucket}/{blob.name}", rel, int(blob.size or 0),
+                                     updated=updated, version=str(blob.generation)))
         except _GCS_ERRORS as exc:
             raise _gcs_error(root, exc) from None
     else:
@@ -305,6 +301,49 @@ def is_dir(uri: str | os.PathLike) -> bool:
         return any(True for _ in blobs)
     except _GCS_ERRORS as exc:
         raise _gcs_error(uri, exc) from None
+
+
+def list_children(uri: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(folder names, file names) directly under ``uri``, each sorted; ([], []) if it does not exist.
+
+    On GCS one delimited listing: the "folders" are the object-name prefixes one level down.
+    """
+    uri = normalize_root(uri)
+    if not is_gcs(uri):
+        try:
+            children = list(Path(uri).iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return [], []
+        return (sorted(p.name for p in children if p.is_dir() and not p.is_symlink()),
+                sorted(p.name for p in children if not (p.is_dir() and not p.is_symlink())))
+    bucket, prefix = split_gcs(uri)
+    prefix = prefix + "/" if prefix else ""
+    try:
+        pages = client().list_blobs(bucket, prefix=prefix, delimiter="/", retry=READ_RETRY, timeout=REQUEST_TIMEOUT)
+        files = [blob.name[len(prefix):] for blob in pages]  # the prefixes arrive with the pages
+        folders = [p[len(prefix):].rstrip("/") for p in pages.prefixes]
+    except _GCS_ERRORS as exc:
+        raise _gcs_error(uri, exc) from None
+    return sorted(folders), sorted(f for f in files if f)
+
+
+def size(uri: str | os.PathLike) -> int:
+    """The size in bytes of a file / object (StorageError naming the URI when there is none)."""
+    uri = str(uri)
+    if not is_gcs(uri):
+        try:
+            st = os.stat(uri)
+        except FileNotFoundError:
+            raise StorageError(f"{uri}: no such file") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"{uri}: not a regular file")
+        return int(st.st_size)
+    blob = _blob(uri)
+    try:
+        blob.reload(retry=READ_RETRY, timeout=REQUEST_TIMEOUT)
+    except _GCS_ERRORS as exc:
+        raise _gcs_error(uri, exc) from None
+    return int(blob.size or 0)
 
 
 def exists(uri: str | os.PathLike) -> bool:
@@ -441,29 +480,6 @@ def open_read(uri: str | os.PathLike, size: int | None = None, block: int = READ
         yield fh
 
 
-@contextlib.contextmanager
-def local_copy(uri: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """A local path holding the file's bytes while the context is open.
-
-    Local files are yielded as they are (no copy). GCS objects are streamed in
-    :data:`COPY_CHUNK` ranges into a temporary file (same suffix as the object, so readers that
-    look at the extension still work), which is deleted on exit.
-    """
-    uri = str(uri)
-    if not is_gcs(uri):
-        yield Path(uri)
-        return
-    suffix = suffix if suffix is not None else PurePosixPath(split_gcs(uri)[1]).suffix
-    fd, tmp = tempfile.mkstemp(prefix="mammo-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as out, open_read(uri, block=COPY_CHUNK) as src:
-            shutil.copyfileobj(src, out, COPY_CHUNK)
-        yield Path(tmp)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
 # -- writing -------------------------------------------------------------------------------------
 
 
@@ -485,6 +501,92 @@ def write_text(uri: str | os.PathLike, text: str, content_type: str = "text/plai
     write_bytes(uri, text.encode("utf-8"), content_type=content_type)
 
 
+def upload_file(local: str | os.PathLike, uri: str | os.PathLike) -> None:
+    """Copy one local file to ``uri`` (an object, or a local path whose parents are created)."""
+    uri = str(uri)
+    if not is_gcs(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, uri)
+        return
+    try:
+        _blob(uri).upload_from_filename(str(local), retry=RETRY)
+    except _GCS_ERRORS as exc:
+        raise _gcs_error(uri, exc) from exc
+
+
+def download_file(uri: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy one file / object to the local path ``dest`` (parents created), whole or not at all:
+    it is written beside ``dest`` and renamed into place, so an interrupted download leaves no
+    truncated file under the final name."""
+    uri, dest = str(uri), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    try:
+        if is_gcs(uri):
+            _blob(uri).download_to_filename(str(partial), retry=READ_RETRY, timeout=REQUEST_TIMEOUT)
+        else:
+            with _open_local(uri) as src, open(partial, "wb") as out:
+                shutil.copyfileobj(src, out, COPY_CHUNK)
+        partial.replace(dest)
+    except _GCS_ERRORS as exc:
+        partial.unlink(missing_ok=True)
+        if not is_gcs(uri):
+            raise
+        raise _gcs_error(uri, exc) from exc
+    return dest
+
+
+def copy(src: str | os.PathLike, dst: str | os.PathLike, *, if_absent: bool = False) -> None:
+    """Copy a file / object to ``dst`` (server-side between GCS objects).
+
+    With ``if_absent`` the copy only creates: an existing ``dst`` raises :class:`AlreadyExists`
+    (on GCS also when it appears between the check and the copy: the ``if_generation_match=0``
+    precondition, which the test emulator does not enforce, so its tests see the check).
+    """
+    src, dst = str(src), str(dst)
+    if is_gcs(src) != is_gcs(dst):
+        raise ValueError(f"copy {src} -> {dst}: use upload_file / download_file between local and GCS")
+    if not is_gcs(dst):
+        if if_absent and os.path.lexists(dst):
+            raise AlreadyExists(f"{dst} already exists")
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        return
+    if if_absent and exists(dst):  # the early, readable refusal; the precondition closes the race
+        raise AlreadyExists(f"{dst} already exists")
+    source = _blob(src)
+    dst_bucket, dst_name = split_gcs(dst)
+    precondition = {"if_generation_match": 0} if if_absent else {}
+    try:
+        source.bucket.copy_blob(source, client().bucket(dst_bucket), dst_name, retry=RETRY, **precondition)
+    except api_exceptions.PreconditionFailed:
+        raise AlreadyExists(f"{dst} already exists") from None
+    except _GCS_ERRORS as exc:
+        raise _gcs_error(src, exc) from exc
+
+
+def delete(uri: str | os.PathLike, *, missing_ok: bool = True) -> bool:
+    """Remove a file / object; False when there was none (an error unless ``missing_ok``)."""
+    uri = str(uri)
+    if not is_gcs(uri):
+        try:
+            os.unlink(uri)
+            return True
+        except FileNotFoundError:
+            if missing_ok:
+                return False
+            raise StorageError(f"{uri}: no such file") from None
+    try:
+        _blob(uri).delete(retry=RETRY, timeout=REQUEST_TIMEOUT)
+        return True
+    except api_exceptions.NotFound:
+        if missing_ok:
+            return False
+        raise StorageError(f"{uri}: no such object") from None
+    except _GCS_ERRORS as exc:
+        raise _gcs_error(uri, exc) from exc
+
+
 def upload_tree(local_dir: str | os.PathLike, uri: str) -> int:
     """Copy every file under ``local_dir`` to ``uri`` (``gs://bucket/prefix``), keeping relative paths.
 
@@ -493,41 +595,6 @@ def upload_tree(local_dir: str | os.PathLike, uri: str) -> int:
     local_dir = Path(local_dir)
     n = 0
     for entry in list_files(local_dir):
-        target = join(uri, entry.rel)
-        if is_gcs(target):
-            try:
-                _blob(target).upload_from_filename(entry.uri, retry=RETRY)
-            except api_exceptions.GoogleAPICallError as exc:
-                raise _gcs_error(target, exc) from exc
-        else:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(entry.uri, target)
+        upload_file(entry.uri, join(uri, entry.rel))
         n += 1
     return n
-
-
-__all__ = [
-    "Entry",
-    "GcsRangeReader",
-    "NotRegularFile",
-    "READ_RETRY",
-    "RETRY",
-    "StorageError",
-    "client",
-    "exists",
-    "is_dir",
-    "is_gcs",
-    "is_transient",
-    "join",
-    "list_files",
-    "local_copy",
-    "normalize_root",
-    "open_read",
-    "read_bytes",
-    "read_text",
-    "scan_files",
-    "split_gcs",
-    "upload_tree",
-    "write_bytes",
-    "write_text",
-]

@@ -64,24 +64,18 @@ def test_fingerprint_is_stable_and_follows_every_kind_of_change(data, tmp_path):
     assert fingerprint(moved, normals) == fingerprint(moved, normals)
 
 
-def test_fingerprint_of_a_gcs_prefix_uses_object_generations(monkeypatch):
-    from types import SimpleNamespace
-
-    from mammo.components import storage
-
-    blobs = [SimpleNamespace(name="cbis/a.csv", size=3, generation=11), SimpleNamespace(name="cbis/", size=0, generation=1),
-             SimpleNamespace(name="cbis/d/b.dcm", size=9, generation=12)]
-
-    class Client:
-        def list_blobs(self, bucket, prefix, retry):
-            assert (bucket, prefix) == ("bucket", "cbis/")
-            return [b for b in blobs if b.name.startswith(prefix)]
-
-    monkeypatch.setattr(storage, "client", lambda: Client())
-    assert [(s.rel, s.size, s.version) for s in stamps("gs://bucket/cbis")] == [("a.csv", 3, "11"), ("d/b.dcm", 9, "12")]
-    before = fingerprint("gs://bucket/cbis")
-    blobs[0].generation = 13  # the object was overwritten
-    assert fingerprint("gs://bucket/cbis") != before
+def test_fingerprint_of_a_gcs_prefix_uses_object_generations(gcs_client, gcs_bucket):
+    """Against the GCS emulator: a "folder" placeholder is not a file; a rewrite is a new generation."""
+    bucket = gcs_client.bucket(gcs_bucket)
+    for name, data in (("cbis/a.csv", b"abc"), ("cbis/", b""), ("cbis/d/b.dcm", b"123456789"), ("other/c", b"x")):
+        bucket.blob(name).upload_from_string(data)
+    listed = stamps(f"gs://{gcs_bucket}/cbis")
+    assert [(s.rel, s.size) for s in listed] == [("a.csv", 3), ("d/b.dcm", 9)]
+    assert [s.version for s in listed] == [str(bucket.get_blob(n).generation) for n in ("cbis/a.csv", "cbis/d/b.dcm")]
+    before = fingerprint(f"gs://{gcs_bucket}/cbis")
+    assert fingerprint(f"gs://{gcs_bucket}/cbis") == before
+    bucket.blob("cbis/a.csv").upload_from_string(b"abc")  # the same bytes written again: a new generation
+    assert fingerprint(f"gs://{gcs_bucket}/cbis") != before
 
 
 def _key(task: dict, executor: dict, params: dict, artifacts: dict) -> str:

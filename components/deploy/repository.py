@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from mammo.components import storage
 from mammo.components.contracts import SAVED_MODEL_PB
 from mammo.components.deploy.export import METADATA_RELPATH, MODEL_CARD_RELPATH, reference_image, utc_now
 
@@ -212,121 +213,97 @@ class _LocalRepo:
 
 
 class _GcsRepo:
-    """``gs://bucket/prefix/<model_name>`` through the client and retry policy of :mod:`storage`.
+    """``gs://bucket/prefix/<model_name>``, every call through :mod:`storage` (its client and retries).
 
     GCS has no directories and no rename: a "version directory" is the object-name prefix
     ``<model>/<version>/``. Publishing uploads to a dot-named staging prefix, then copies server-side
-    into the version prefix with ``saved_model.pb`` last, each copy conditional on the destination
-    not existing (``if_generation_match=0``), then deletes the staging objects.
+    into the version prefix with ``saved_model.pb`` last, each copy create-only (the
+    ``if_generation_match=0`` precondition), then deletes the staging objects.
     """
 
-    def __init__(self, uri: str, model_name: str, client: Any = None) -> None:
-        from mammo.components import storage
-
-        bucket, prefix = storage.split_gcs(uri)
-        prefix = prefix.strip("/")
-        self.prefix = (prefix + "/" if prefix else "") + model_name + "/"
-        self.retry = storage.RETRY
-        self.client = client or storage.client()
-        self.bucket = self.client.bucket(bucket)
+    def __init__(self, uri: str, model_name: str) -> None:
+        self.root = storage.join(storage.normalize_root(uri), model_name)
 
     def version_path(self, version: int) -> str:
-        return f"gs://{self.bucket.name}/{self.prefix}{version}"
-
-    def _blobs(self, prefix: str) -> list[Any]:
-        return list(self.client.list_blobs(self.bucket, prefix=prefix, retry=self.retry))
-
-    def _children(self) -> tuple[list[str], list[str]]:
-        """(sub-"directory" names, object names) directly under the model prefix."""
-        iterator = self.client.list_blobs(self.bucket, prefix=self.prefix, delimiter="/", retry=self.retry)
-        files = [blob.name[len(self.prefix):] for blob in iterator]  # the child "directories" arrive with the pages
-        return [child[len(self.prefix):].rstrip("/") for child in iterator.prefixes], files
+        return storage.join(self.root, str(version))
 
     def versions(self) -> dict[int, bool]:
         found = {}
-        for name in self._children()[0]:
+        for name in storage.list_children(self.root)[0]:
             number = version_number(name)
             if number is not None:
-                found[number] = self.bucket.blob(f"{self.prefix}{name}/{SAVED_MODEL_PB}").exists(retry=self.retry)
+                found[number] = storage.exists(storage.join(self.root, name, SAVED_MODEL_PB))
         return found
 
     def taken(self) -> set[int]:
-        dirs, files = self._children()
-        return {n for name in dirs + files if (n := version_number(name)) is not None}
+        folders, files = storage.list_children(self.root)
+        return {n for name in folders + files if (n := version_number(name)) is not None}
 
     def read_bytes(self, version: int, relpath: str | Path) -> bytes | None:
-        blob = self.bucket.blob(f"{self.prefix}{version}/{Path(relpath).as_posix()}")
-        return blob.download_as_bytes(retry=self.retry) if blob.exists(retry=self.retry) else None
+        uri = storage.join(self.version_path(version), Path(relpath).as_posix())
+        return storage.read_bytes(uri) if storage.exists(uri) else None
 
     def publish(self, source: Path, version: int, overrides: Mapping[str, bytes], auto: bool) -> int:
-        target = f"{self.prefix}{version}/"
-        if self._blobs(target):
-            raise FileExistsError(f"gs://{self.bucket.name}/{target} already exists; a version is never overwritten")
-        staging = f"{self.prefix}{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}/"
+        target = self.version_path(version)
+        if storage.is_dir(target):
+            raise FileExistsError(f"{target} already exists; a version is never overwritten")
+        staging = storage.join(self.root, f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
         files = _publish_order(source, overrides)
-        copied: list[Any] = []
+        copied: list[str] = []
         try:
             for rel in files:  # the slow part: nothing under a version name yet
-                blob = self.bucket.blob(staging + rel)
                 if rel in overrides:
-                    blob.upload_from_string(overrides[rel], retry=self.retry)
+                    storage.write_bytes(storage.join(staging, rel), overrides[rel])
                 else:
-                    blob.upload_from_filename(str(source / rel), retry=self.retry)
-            if self._blobs(target):
-                raise VersionTaken(f"gs://{self.bucket.name}/{target} appeared during the push; never overwritten")
+                    storage.upload_file(source / rel, storage.join(staging, rel))
+            if storage.is_dir(target):
+                raise VersionTaken(f"{target} appeared during the push; never overwritten")
             for rel in files:  # saved_model.pb last: the version becomes loadable with the last copy
-                copied.append(self.bucket.copy_blob(self.bucket.blob(staging + rel), self.bucket, target + rel,
-                                                    if_generation_match=0, retry=self.retry))
+                storage.copy(storage.join(staging, rel), storage.join(target, rel), if_absent=True)
+                copied.append(storage.join(target, rel))
         except BaseException as err:
             # our partial copies hold no saved_model.pb (not loadable), but remove them anyway; a
-            # precondition failure means another writer owns the prefix, so touch nothing of it then
-            if _is_precondition_failure(err):
-                raise VersionTaken(f"gs://{self.bucket.name}/{target} is being written by another push; "
+            # failed create-only copy means another writer owns the prefix, so touch nothing of it then
+            if isinstance(err, storage.AlreadyExists):
+                raise VersionTaken(f"{target} is being written by another push; "
                                    "a version is never overwritten") from None
-            for blob in copied:
-                _delete_quietly(blob)
+            for uri in copied:
+                _delete_quietly(uri)
             raise
         finally:
-            for blob in self._blobs(staging):
-                _delete_quietly(blob)
+            for entry in storage.list_files(staging):
+                _delete_quietly(entry.uri)
         return version
 
     def delete_version(self, version: int) -> None:
-        blobs = self._blobs(f"{self.prefix}{version}/")
+        entries = storage.list_files(self.version_path(version))
         # saved_model.pb first: from then on the remains are not a loadable version
-        blobs.sort(key=lambda b: not b.name.endswith("/" + SAVED_MODEL_PB))
-        for blob in blobs:
-            blob.delete(retry=self.retry)
+        entries.sort(key=lambda e: e.rel != SAVED_MODEL_PB)
+        for entry in entries:
+            storage.delete(entry.uri)
 
     def download_version(self, version: int, dest: Path) -> Path:
-        prefix = f"{self.prefix}{version}/"
-        for blob in self._blobs(prefix):
-            local = dest / blob.name[len(prefix):]
-            local.parent.mkdir(parents=True, exist_ok=True)
-            blob.download_to_filename(str(local), retry=self.retry)
+        for entry in storage.list_files(self.version_path(version)):
+            storage.download_file(entry.uri, dest / entry.rel)
         return dest
 
     def remove_stale_staging(self, older_than_s: float) -> list[str]:
-        import datetime as dt
-
-        now, removed = dt.datetime.now(dt.timezone.utc), set()
-        for blob in self._blobs(self.prefix + STAGING_PREFIX):
-            updated = blob.updated or now
-            if (now - updated).total_seconds() > older_than_s:
-                _delete_quietly(blob)
-                removed.add(blob.name[len(self.prefix):].split("/", 1)[0])
+        now, removed = time.time(), set()
+        for folder in storage.list_children(self.root)[0]:
+            if not folder.startswith(STAGING_PREFIX):
+                continue
+            for entry in storage.list_files(storage.join(self.root, folder)):
+                if now - (entry.updated or now) > older_than_s:
+                    _delete_quietly(entry.uri)
+                    removed.add(folder)
         return sorted(removed)
 
 
-def _is_precondition_failure(err: BaseException) -> bool:
-    return type(err).__name__ == "PreconditionFailed" or getattr(err, "code", None) == 412
-
-
-def _delete_quietly(blob: Any) -> None:
+def _delete_quietly(uri: str) -> None:
     try:
-        blob.delete()
-    except Exception as err:  # best effort: a leftover staging object is ignored by TF Serving
-        logger.warning("could not delete %s: %s", getattr(blob, "name", blob), err)
+        storage.delete(uri)
+    except storage.StorageError as err:  # best effort: a leftover staging object is ignored by TF Serving
+        logger.warning("could not delete %s: %s", uri, err)
 
 
 def _repo(serving_root: str | Path, model_name: str) -> _LocalRepo | _GcsRepo:

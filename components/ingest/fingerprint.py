@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from mammo.components import storage
 
@@ -34,22 +33,7 @@ class ObjectStamp:
 
 def stamps(root: str | os.PathLike) -> list[ObjectStamp]:
     """Every file under ``root`` with its size and version, sorted by relative path."""
-    root_text = storage.normalize_root(root)
-    if storage.is_gcs(root_text):
-        bucket, prefix = storage.split_gcs(root_text)
-        prefix = prefix + "/" if prefix else ""
-        out = [ObjectStamp(b.name[len(prefix):], int(b.size or 0), str(b.generation))
-               for b in storage.client().list_blobs(bucket, prefix=prefix, retry=storage.RETRY)
-               if not b.name.endswith("/")]
-        return sorted(out, key=lambda s: s.rel)
-    out = []
-    for entry in storage.list_files(root_text):
-        try:
-            version = str(Path(entry.uri).stat().st_mtime_ns)
-        except OSError:  # a dangling link: listed with no version
-            version = "missing"
-        out.append(ObjectStamp(entry.rel, entry.size, version))
-    return out
+    return [ObjectStamp(e.rel, e.size, e.version) for e in storage.list_files(root)]
 
 
 def fingerprint(*roots: str | os.PathLike) -> str:

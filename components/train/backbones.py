@@ -280,17 +280,12 @@ def resolve_weights(spec: str, cache_dir: Path | None = None) -> str | None:
         bucket, name = storage.split_gcs(text)
         root = cache_dir or Path(tempfile.gettempdir()) / "mammo-weights"
         local = root / "gcs" / bucket / name
-        blob = storage.client().bucket(bucket).blob(name)
         try:
-            blob.reload(retry=storage.RETRY)
-            if not (local.exists() and local.stat().st_size == int(blob.size or -1)):
-                local.parent.mkdir(parents=True, exist_ok=True)
-                partial = local.with_name(local.name + ".partial")
-                blob.download_to_filename(str(partial), retry=storage.RETRY)
-                partial.replace(local)
+            if not (local.exists() and local.stat().st_size == storage.size(text)):
+                storage.download_file(text, local)
                 log.info("downloaded weights %s -> %s (%.1f MB)", text, local, local.stat().st_size / 1e6)
-        except Exception as exc:  # google.api_core errors (NotFound, Forbidden) and network errors
-            raise WeightsUnavailableError(f"cannot read the weights file {text}: {type(exc).__name__}: {exc}") from exc
+        except (storage.StorageError, OSError) as exc:
+            raise WeightsUnavailableError(f"cannot read the weights file {text}: {exc}") from exc
         return str(local)
     path = Path(text).expanduser()
     if not path.is_file():

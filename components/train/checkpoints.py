@@ -97,10 +97,7 @@ class CheckpointStore:
         """The saved state (fetching the folder from GCS first), or None for a fresh start."""
         if self.remote:
             for entry in storage.list_files(self.location):
-                bucket, obj = storage.split_gcs(entry.uri)
-                target = self.dir / entry.rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                storage.client().bucket(bucket).blob(obj).download_to_filename(str(target), retry=storage.RETRY)
+                storage.download_file(entry.uri, self.dir / entry.rel)
         state_file = self.dir / CHECKPOINT_STATE
         if not state_file.exists():
             return None
@@ -112,9 +109,7 @@ class CheckpointStore:
         tmp.replace(self.dir / CHECKPOINT_STATE)
         if self.remote:
             for name in [*changed, CHECKPOINT_STATE]:
-                bucket, obj = storage.split_gcs(storage.join(self.location, name))
-                storage.client().bucket(bucket).blob(obj).upload_from_filename(str(self.dir / name),
-                                                                                retry=storage.RETRY)
+                storage.upload_file(self.dir / name, storage.join(self.location, name))
 
     def finish(self, state: TrainingState) -> None:
         """Mark the training completed and drop the weight files (the exported model holds the result)."""
@@ -123,10 +118,7 @@ class CheckpointStore:
         for name in self.RESUME_FILES:
             (self.dir / name).unlink(missing_ok=True)
             if self.remote:
-                bucket, obj = storage.split_gcs(storage.join(self.location, name))
-                blob = storage.client().bucket(bucket).blob(obj)
-                if blob.exists(retry=storage.RETRY):
-                    blob.delete(retry=storage.RETRY)
+                storage.delete(storage.join(self.location, name))
         if self.remote:
             shutil.rmtree(self.dir, ignore_errors=True)
 
