@@ -62,6 +62,8 @@ def test_evaluation_result_has_intervals_calibration_subgroups_and_renders():
     result = evaluate_predictions({"validation": (yv, pv, val), "test": (y, probs, records)}, cfg, seed=0,
                                   splits=splits)
     assert result["test"]["n_patients"] == 5 and result["test"]["ci"]["n_patients"] == 5
+    assert result["validation"]["ci"]["n_patients"] == 100  # every split has its own intervals (the model card's)
+    assert set(result["validation"]["ci"]["per_class_sensitivity"]) == set(CLASS_NAMES)
     assert result["calibration"]["temperature"] > 0
     assert set(result["test"]["subgroups"]) == {"abnormality_type", "source", "scanner", "breast_density", "view"}
     json.dumps(result)  # the record is plain JSON
@@ -69,6 +71,9 @@ def test_evaluation_result_has_intervals_calibration_subgroups_and_renders():
     assert page.index("macro AUC") < page.index("Per class")  # headline numbers first
     assert "Reliability" in page and "By scanner" in page and "breast density" in page and "MM (mass_malignant)" in page
     assert "patient-level percentile bootstrap" in page
+    sens = result["test"]["per_class"]["mass_benign"]["sensitivity"]
+    low, high = result["test"]["ci"]["per_class_sensitivity"]["mass_benign"]
+    assert f"{sens:.4f} [{low:.4f}, {high:.4f}]" in page  # per-class rates with their intervals
 
 
 def test_html_report_has_tables_and_roc():

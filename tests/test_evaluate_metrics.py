@@ -205,6 +205,23 @@ def test_bootstrap_is_reproducible_with_its_seed_and_brackets_the_estimate():
     assert a["macro_auc"][0] < m.macro_auc < a["macro_auc"][1]
     assert a["n_patients"] == 100 and a["n_resamples"] == 300
     assert bootstrap_ci(y, probs, patients, n_resamples=0) == {}
+    assert a["macro_f1"][0] < m.macro_f1 < a["macro_f1"][1]
+    for rate in ("sensitivity", "specificity", "f1", "auc"):
+        for name, stats in m.per_class.items():
+            low, high = a[f"per_class_{rate}"][name]
+            assert low <= stats[rate] <= high, (rate, name)
+
+
+def test_resampled_rates_with_unit_weights_are_the_point_metrics():
+    from mammo.components.evaluate.metrics import _resampled_rates
+
+    y, probs = fixed_predictions(n=120, seed=5)
+    y[y == 4] = 3  # class 4 absent: its sensitivity is 0/0, its F1 0 as in compute_metrics
+    rates = _resampled_rates(y, probs.argmax(axis=1), np.ones((1, len(y))), len(CLASS_NAMES))
+    m = compute_metrics(y, probs)
+    for i, name in enumerate(CLASS_NAMES):
+        for rate in ("sensitivity", "specificity", "f1"):
+            np.testing.assert_allclose(rates[rate][0, i], m.per_class[name][rate], equal_nan=True, err_msg=f"{rate} {name}")
 
 
 def test_undefined_class_auc_is_said_not_silently_averaged():

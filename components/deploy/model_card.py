@@ -1,10 +1,9 @@
 """The model card stored with every served version (``assets.extra``, Markdown).
 
-Sections: model, data, splits, metrics with confidence intervals, intended use, limitations. The
-intervals are the evaluation record's own where it has them (evaluate's patient-level bootstrap of
-accuracy, macro AUC and per-class AUC); only what the record lacks (the validation split,
-per-class sensitivity and specificity) gets an analytic interval: Wilson score for proportions,
-Hanley & McNeil (1982) for an AUC. The card says which method each interval came from.
+Sections: model, data, splits, metrics with confidence intervals, intended use, limitations. Every
+interval is the evaluation record's own (evaluate's patient-level bootstrap, ``<split>.ci``); the
+card computes none, so it can never disagree with the evaluation report. A figure the record has no
+interval for is shown without one, and the card says so.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ from typing import Any, Mapping
 
 from mammo.components.config import CLASS_NAMES
 from mammo.components.deploy.export import DEFAULT_SIGNATURE, PIXELS_SIGNATURE
-
-_Z95 = 1.959963984540054
 
 INTENDED_USE = """\
 Research and engineering use: classifying 8-bit grayscale **patches** (regions of interest, not
@@ -42,80 +39,23 @@ LIMITATIONS = """\
   is counted as benign. Interval cancers and lesions missed by the original readers are absent."""
 
 
-def wilson_interval(p: float, n: int, z: float = _Z95) -> tuple[float, float] | None:
-    """Wilson score interval of a proportion ``p`` observed on ``n`` trials (None if undefined)."""
-    if n <= 0 or p is None or not math.isfinite(p):
-        return None
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float | None:
-    """Hanley & McNeil (1982) standard error of a ROC AUC from ``n_pos`` positives and ``n_neg`` negatives."""
-    if n_pos <= 0 or n_neg <= 0 or auc is None or not math.isfinite(auc):
-        return None
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
-    return math.sqrt(max(var, 0.0))
-
-
-def _given_interval(split: Mapping[str, Any], metric: str) -> tuple[tuple[float, float], str] | None:
-    """An interval the evaluation record already holds for ``metric`` (e.g. a patient bootstrap), and its label.
-
-    Accepted shapes: ``{"ci"|"intervals"|"confidence_intervals": {metric: [lo, hi] | {"low"/"lower",
-    "high"/"upper"}, "method": ..., "level": ...}}`` or ``{f"{metric}_ci": ...}``.
-    """
-    candidates: list[tuple[Any, Mapping[str, Any]]] = [(split.get(f"{metric}_ci"), {})]
-    for key in ("ci", "intervals", "confidence_intervals"):
-        block = split.get(key)
-        if isinstance(block, Mapping):
-            candidates.append((block.get(metric), block))
-    for value, block in candidates:
-        interval = None
-        if isinstance(value, (list, tuple)) and len(value) == 2 and None not in value:
-            interval = float(value[0]), float(value[1])
-        elif isinstance(value, Mapping):
-            low = value.get("low", value.get("lower", value.get("lo")))
-            high = value.get("high", value.get("upper", value.get("hi")))
-            if low is not None and high is not None:
-                interval = float(low), float(high)
-        if interval:
-            label = str(block.get("method") or "from the evaluation record")
-            if block.get("level") is not None:
-                label += f", level {float(block['level']):g}"
-            return interval, label
+def _recorded_interval(split: Mapping[str, Any], key: str, name: str | None = None) -> tuple[float, float] | None:
+    """The interval ``split["ci"][key]`` (or ``[key][name]`` for a per-class one), None if not recorded."""
+    value = (split.get("ci") or {}).get(key)
+    if name is not None:
+        value = value.get(name) if isinstance(value, Mapping) else None
+    if isinstance(value, (list, tuple)) and len(value) == 2 and \
+            all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+        return float(value[0]), float(value[1])
     return None
 
 
-def _split_intervals(split: Mapping[str, Any]) -> dict[str, tuple[tuple[float, float] | None, str]]:
-    """95 % intervals of accuracy, macro AUC and macro F1: the record's own, else analytic ones."""
-    out: dict[str, tuple[tuple[float, float] | None, str]] = {}
-    n = int(split.get("n") or 0)
-    per_class = split.get("per_class") or {}
-    for metric in ("accuracy", "macro_auc", "macro_f1"):
-        given = _given_interval(split, metric)
-        if given:
-            out[metric] = given
-            continue
-        value = split.get(metric)
-        if metric == "accuracy":
-            out[metric] = (wilson_interval(value, n), "Wilson score")
-        elif metric == "macro_auc" and per_class and value is not None and math.isfinite(value):
-            errors = []
-            for stats in per_class.values():
-                support = int(stats.get("support") or 0)
-                errors.append(auc_standard_error(stats.get("auc"), support, n - support))
-            if all(e is not None for e in errors):
-                # mean of k one-vs-rest AUCs, their errors treated as independent (an approximation)
-                se = math.sqrt(sum(e * e for e in errors)) / len(errors)
-                out[metric] = ((max(0.0, value - _Z95 * se), min(1.0, value + _Z95 * se)), "Hanley-McNeil")
-            else:
-                out[metric] = (None, "not computed")
-        else:
-            out[metric] = (None, "not computed")
-    return out
+def _interval_method(split_name: str, split: Mapping[str, Any]) -> str:
+    ci = split.get("ci") or {}
+    if not ci:
+        return f"{split_name}: no intervals in the evaluation record (evaluate.bootstrap_resamples = 0)"
+    return (f"{split_name}: {100 * float(ci.get('level', 0.95)):.0f} % {ci.get('method', 'bootstrap')} interval, "
+            f"{ci.get('n_resamples', '?')} resamples of {ci.get('n_patients', '?')} patients")
 
 
 def _fmt(value: Any, interval: tuple[float, float] | None = None) -> str:
@@ -196,38 +136,26 @@ def render_model_card(model_name: str, description: Mapping[str, Any], evaluatio
         lines.append("No evaluation record was stored with this version.")
     lines.append("")
 
-    lines += ["## Metrics (with confidence intervals; 95 % unless stated)", ""]
+    lines += ["## Metrics ([low, high]: confidence interval from the evaluation record)", ""]
     if splits:
         lines += ["| split | accuracy | macro AUC | macro F1 |", "|---|---|---|---|"]
-        methods: list[str] = []
         for split in splits:
             m = evaluation[split]
-            intervals = _split_intervals(m)
-            cells = [_fmt(m.get(metric), intervals[metric][0]) for metric in ("accuracy", "macro_auc", "macro_f1")]
+            cells = [_fmt(m.get(key), _recorded_interval(m, key)) for key in ("accuracy", "macro_auc", "macro_f1")]
             lines.append(f"| {split} | " + " | ".join(cells) + " |")
-            methods.append(f"{split}: " + ", ".join(f"{metric} {intervals[metric][1]}" for metric in intervals))
         lines.append("")
-        test = evaluation.get("test") if "test" in splits else evaluation[splits[-1]]
+        shown = "test" if "test" in splits else splits[-1]
+        test = evaluation[shown]
         per_class = test.get("per_class") or {}
         if per_class:
-            n = int(test.get("n") or 0)
-            lines += [f"Per class ({'test' if 'test' in splits else splits[-1]}):", "",
+            lines += [f"Per class ({shown}):", "",
                       "| class | sensitivity | specificity | F1 | AUC |", "|---|---|---|---|---|"]
             for name, s in per_class.items():
-                support = int(s.get("support") or 0)
-                given = ((test.get("ci") or {}).get("per_class_auc") or {}).get(name)
-                se = auc_standard_error(s.get("auc"), support, n - support)
-                if isinstance(given, (list, tuple)) and len(given) == 2 and None not in given:
-                    auc_ci = (float(given[0]), float(given[1]))  # the evaluation record's own interval
-                else:
-                    auc_ci = (max(0.0, s["auc"] - _Z95 * se), min(1.0, s["auc"] + _Z95 * se)) if se is not None else None
-                lines.append(f"| {name} | {_fmt(s.get('sensitivity'), wilson_interval(s.get('sensitivity'), support))} "
-                             f"| {_fmt(s.get('specificity'), wilson_interval(s.get('specificity'), n - support))} "
-                             f"| {_fmt(s.get('f1'))} | {_fmt(s.get('auc'), auc_ci)} |")
+                cells = [_fmt(s.get(key), _recorded_interval(test, f"per_class_{key}", name))
+                         for key in ("sensitivity", "specificity", "f1", "auc")]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
             lines.append("")
-        lines.append("Interval methods: " + "; ".join(methods) + ". Per-class sensitivity and specificity: "
-                     "Wilson score; per-class AUC: the evaluation record's intervals where it has them, else Hanley-McNeil. Macro-AUC intervals from Hanley-McNeil treat "
-                     "the one-vs-rest AUCs as independent (an approximation).")
+        lines.append("Intervals: " + "; ".join(_interval_method(split, evaluation[split]) for split in splits) + ".")
     else:
         metrics = description.get("test_metrics")
         lines.append(f"Test metrics from the deployment metadata (no intervals available): {json.dumps(metrics)}"

@@ -153,7 +153,7 @@ def predict_split(model, path: Path, batch_size: int = 64) -> Predictions:
 
 def evaluate_predictions(predictions: dict[str, tuple], cfg: EvaluateConfig, seed: int,
                          splits: pd.DataFrame | None = None) -> dict:
-    """Metrics of every split, and the test split's intervals, subgroups and calibration.
+    """Metrics and patient-level bootstrap intervals of every split; the test split's subgroups and calibration.
 
     ``predictions`` maps a split to ``(y, probs, records[, images])``.
     """
@@ -163,10 +163,9 @@ def evaluate_predictions(predictions: dict[str, tuple], cfg: EvaluateConfig, see
         m["n_patients"] = int(records["patient_id"].nunique())
         for note in m["undefined_auc"]:
             log.warning("%s: %s", split, note)
+        m["ci"] = bootstrap_ci(y, probs, records["patient_id"].to_numpy(), cfg.bootstrap_resamples, seed, cfg.ci_level)
         result[split] = m
     y_test, p_test, rec_test, *_ = predictions["test"]
-    result["test"]["ci"] = bootstrap_ci(y_test, p_test, rec_test["patient_id"].to_numpy(), cfg.bootstrap_resamples,
-                                        seed, cfg.ci_level)
     result["test"]["subgroups"] = subgroup_metrics(y_test, p_test, sample_attributes(rec_test, splits))
     if cfg.temperature_scaling and "validation" in predictions:
         y_val, p_val, *_ = predictions["validation"]

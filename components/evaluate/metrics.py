@@ -334,6 +334,22 @@ def _resampled(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> tu
     return acc, aucs
 
 
+def _resampled_rates(y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Per-class sensitivity, specificity and F1 of each weight row, each (R, k); NaN where a rate is 0/0.
+
+    The same definitions as :func:`compute_metrics` (F1 of a class never predicted nor present is 0).
+    """
+    tp, fn, fp, tn = (np.empty((weights.shape[0], k)) for _ in range(4))
+    for i in range(k):
+        pos, hit = y_true == i, y_pred == i
+        tp[:, i], fn[:, i] = weights @ (pos & hit), weights @ (pos & ~hit)
+        fp[:, i], tn[:, i] = weights @ (~pos & hit), weights @ (~pos & ~hit)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1_den = 2 * tp + fp + fn
+        return {"sensitivity": tp / (tp + fn), "specificity": tn / (tn + fp),
+                "f1": np.where(f1_den > 0, 2 * tp / np.where(f1_den > 0, f1_den, 1), 0.0)}
+
+
 def _row_nanmean(aucs: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():  # an all-NaN row ("Mean of empty slice") is expected and handled
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -350,10 +366,12 @@ def _interval(values: np.ndarray, level: float) -> list[float]:
 
 def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, groups: Sequence[str], n_resamples: int = 1000,
                  seed: int = 0, level: float = 0.95, chunk: int = 250) -> dict:
-    """Patient-level percentile bootstrap intervals of accuracy, macro AUC and per-class AUC.
+    """Patient-level percentile bootstrap intervals of every figure the reports and the model card show:
+    accuracy, macro AUC, macro F1 and per class AUC, sensitivity, specificity and F1.
 
     A class whose AUC is undefined in a resample (no positives or no negatives) is left out of that
-    resample's macro AUC, as in the point estimate. Returns ``{}`` when ``n_resamples`` is 0.
+    resample's macro AUC, as in the point estimate; a rate that is 0/0 in a resample is left out of
+    its interval. Returns ``{}`` when ``n_resamples`` is 0.
     """
     y_true = np.asarray(y_true, dtype=int)
     probs = np.asarray(probs, dtype=float)
@@ -361,12 +379,15 @@ def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, groups: Sequence[str], n
         raise ValueError(f"{len(groups)} patient ids for {len(y_true)} predictions")
     if n_resamples <= 0 or len(y_true) == 0:
         return {}
-    acc, aucs = [], []
+    k, y_pred = probs.shape[1], probs.argmax(axis=1)
+    acc, aucs, rates = [], [], []
     for weights in patient_weights(groups, n_resamples, seed, chunk):
         a, u = _resampled(y_true, probs, weights)
         acc.append(a)
         aucs.append(u)
+        rates.append(_resampled_rates(y_true, y_pred, weights, k))
     acc, aucs = np.concatenate(acc), np.concatenate(aucs)
+    per_class = {rate: np.concatenate([r[rate] for r in rates]) for rate in ("sensitivity", "specificity", "f1")}
     macro = _row_nanmean(aucs)
     return {
         "method": "patient-level percentile bootstrap",
@@ -376,7 +397,10 @@ def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, groups: Sequence[str], n
         "seed": int(seed),
         "accuracy": _interval(acc, level),
         "macro_auc": _interval(macro, level),
+        "macro_f1": _interval(per_class["f1"].mean(axis=1), level),
         "per_class_auc": {name: _interval(aucs[:, i], level) for i, name in enumerate(CLASS_NAMES)},
+        **{f"per_class_{rate}": {name: _interval(values[:, i], level) for i, name in enumerate(CLASS_NAMES)}
+           for rate, values in per_class.items()},
         "macro_auc_undefined_resamples": int((~np.isfinite(macro)).sum()),
     }
 

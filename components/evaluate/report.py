@@ -33,8 +33,8 @@ def fmt(x: Any, digits: int = 4) -> str:
 
 
 def fmt_ci(value: Any, interval: list[float] | None, digits: int = 4) -> str:
-    """``value [low, high]`` (the interval only when there is one)."""
-    if not interval:
+    """``value [low, high]`` (the interval only when there is one with finite bounds)."""
+    if not interval or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in interval):
         return fmt(value, digits)
     return f"{fmt(value, digits)} [{fmt(interval[0], digits)}, {fmt(interval[1], digits)}]"
 
