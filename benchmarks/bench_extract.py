@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from mammo.components.config import Config, IngestConfig
+    from mammo.components.config import Config
     from mammo.components.extract_patches.logic import plan_jobs, run
-    from mammo.components.ingest.logic import ingest
+    from mammo.components.ingest.logic import run as ingest_run
     from mammo.components.synth.logic import synthesize
 
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-extract-"))
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         synthesize(work / "data", per_class=args.per_class, seed=args.seed, image_shape=tuple(args.shape),
                    progress=False)
-        cases_path = ingest(work / "data/cbis", work / "data/normals", work / "ingest", IngestConfig()).cases_path
+        cases_path = ingest_run(work / "data/cbis", work / "data/normals", work / "ingest", Config()).cases_path
         print(f"synthesized and ingested in {time.perf_counter() - t:.1f}s: {work / 'data'}")
         cfg = Config(seed=args.seed)
         _, lesion_jobs, normal_jobs = plan_jobs(pd.read_parquet(cases_path), cfg.patches, args.seed)

@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammo.components.config import Config, IngestConfig, PatchConfig
+from mammo.components.config import Config, PatchConfig
 from mammo.components.extract_patches.geometry import (
     breast_mask, crop_padded, mask_bbox, normal_crops, padding_fraction, place_window, roi_pixels, scale_bbox,
     square_around,
 )
 from mammo.components.extract_patches.logic import run
 from mammo.components.imaging import decode_png, read_image
-from mammo.components.ingest.logic import ingest
+from mammo.components.ingest.logic import run as ingest_run
 from mammo.components.masks import size_within
 from mammo.components.splits import seeded_rng
 from mammo.components.tfrecords import iter_records, parse_example
@@ -98,7 +98,7 @@ def test_breast_mask_keeps_fat_inside_the_breast_and_drops_film_labels():
 @pytest.fixture(scope="module")
 def cases_path(synth_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("ingest")
-    return ingest(synth_data / "cbis", synth_data / "normals", out, IngestConfig()).cases_path
+    return ingest_run(synth_data / "cbis", synth_data / "normals", out, Config()).cases_path
 
 
 def test_extract_writes_every_case_as_patches_or_rejects(cases_path, tmp_path):

@@ -13,11 +13,11 @@ import pytest
 
 from pathlib import Path
 
-from mammo.components.config import Config, IngestConfig, PatchConfig
+from mammo.components.config import Config, PatchConfig
 from mammo.components.extract_patches.geometry import mask_bbox
 from mammo.components.extract_patches.logic import run
 from mammo.components.imaging import decode_png, read_image
-from mammo.components.ingest.logic import ingest
+from mammo.components.ingest.logic import run as ingest_run
 from mammo.components.synth.logic import DicomHeader, synthesize, write_dicom
 from mammo.components.tfrecords import iter_records, parse_example
 
@@ -34,7 +34,7 @@ def full_size(tmp_path_factory):
     """A full-size synthetic download (8 abnormal images, 4 normal views), ingested and extracted."""
     root = tmp_path_factory.mktemp("full")
     synthesize(root, per_class=2, seed=11, image_shape=(5000, 3000), progress=False)
-    cases_path = ingest(root / "cbis", root / "normals", root / "ingest", IngestConfig()).cases_path
+    cases_path = ingest_run(root / "cbis", root / "normals", root / "ingest", Config()).cases_path
     report = extract_patches(cases_path, root / "a", workers=2)
     yield root, cases_path, report
     shutil.rmtree(root, ignore_errors=True)  # ~0.5 GB of DICOMs: do not leave them to pytest's tmp retention

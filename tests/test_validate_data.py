@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from validate_data_cases import CLASSES, make_cases
 
-from mammo.components.config import IngestConfig, ValidateConfig, demo_config
+from mammo.components.config import Config, ValidateConfig, demo_config
 from mammo.components.contracts import CASES, DATA_DOCS_DIR, REPORT_HTML, VALIDATION_RESULT, read_report
-from mammo.components.ingest.logic import ingest
+from mammo.components.ingest.logic import run as ingest_run
 from mammo.components.runtime import EXIT_DATA_REJECTED
 from mammo.components.validate_data.checks import load_suite_spec
 from mammo.components.validate_data.logic import (
@@ -313,7 +313,7 @@ def test_missing_class_and_columns_fail(tmp_path: Path) -> None:
 
 
 def test_ingested_synthetic_download_passes(synth_data: Path, tmp_path: Path) -> None:
-    report = ingest(synth_data / "cbis", synth_data / "normals", tmp_path / "cases", IngestConfig())
+    report = ingest_run(synth_data / "cbis", synth_data / "normals", tmp_path / "cases", Config())
     result = validate(pd.read_parquet(report.cases_path), tmp_path / "docs", ValidateConfig(min_per_class=3))
     assert result.success, result.critical_failures
     assert result.warnings == []

@@ -25,7 +25,6 @@ stratified by class (``balance.validation_fraction``), so validation can prove n
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -39,7 +38,7 @@ from typing import Any
 import pandas as pd
 
 from mammo.components import contracts, storage
-from mammo.components.config import CLASS_NAMES, Config, IngestConfig
+from mammo.components.config import CLASS_NAMES, Config
 from mammo.components.contracts import CASE_COLUMNS, NULLABLE_INT_COLUMNS, REJECT_COLUMNS, SKIPPED_COLUMNS
 from mammo.components.ingest import cbis, normals
 from mammo.components.ingest.reasons import (
@@ -59,7 +58,7 @@ CSV_FILES = contracts.CBIS_CSVS
 _LOGGED_PER_REASON = 20
 
 __all__ = ["CSV_FILES", "IngestError", "IngestReport", "SourceCounts",
-           "assign_subsets", "ingest", "read_case_csv", "run"]
+           "assign_subsets", "read_case_csv", "run"]
 
 
 @dataclass
@@ -330,11 +329,3 @@ def run(data_uri: str | Any, normals_uri: str | Any, out_dir: str | Any, cfg: Co
         )
     return report
 
-
-def ingest(data_root: str | Any, normals_root: str | Any, out_dir: str | Any, cfg: IngestConfig, *,
-           seed: int = 1234, validation_fraction: float = 0.2) -> IngestReport:
-    """:func:`run` for callers holding only the ``ingest`` section (other settings at their defaults)."""
-    base = Config()
-    full = dataclasses.replace(base, seed=seed, ingest=cfg,
-                               balance=dataclasses.replace(base.balance, validation_fraction=validation_fraction))
-    return run(data_root, normals_root, out_dir, full)
