@@ -11,6 +11,25 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # fixtures gcs_server, gcs_client, gcs_bucket, flaky_gcs (tests/gcs_emulator.py)
 pytest_plugins = ["gcs_emulator"]
 
+#: the two end-to-end runs, by far the longest tests (every other one takes seconds)
+LONGEST = ("test_container_e2e.py::test_docker_demo_promotes_deploys_and_records_each_tasks_image",
+           "test_pipeline_local.py::test_local_run_ingests_trains_gates_deploys_and_the_model_predicts")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Start the two longest tests first, on different workers.
+
+    pytest-xdist's ``worksteal`` gives each worker a contiguous share of the collection and lets an
+    idle worker steal from the end of a busy one's queue: with the first long test at the head of
+    the collection and the second at its middle, each opens a different worker's share, and the
+    short tests fill in around them. Without xdist this only changes the order.
+    """
+    longest = [item for item in items if item.nodeid.endswith(LONGEST)]
+    rest = [item for item in items if item not in longest]
+    if len(longest) == 2:
+        half = len(rest) // 2
+        items[:] = [longest[0], *rest[:half], longest[1], *rest[half:]]
+
 def _real_csv_dir() -> Path:
     """MAMMO_CBIS_CSV_DIR, else ``../shared/data/cbis-ddsm`` beside the checkout, else the workspace copy."""
     if os.environ.get("MAMMO_CBIS_CSV_DIR"):

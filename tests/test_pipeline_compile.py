@@ -1,5 +1,12 @@
-"""The compiled pipeline (real KFP compiler) has the cluster shape users rely on."""
+"""The compiled pipeline (real KFP compiler) has the cluster shape users rely on.
 
+Each distinct ``mammo compile`` command line is compiled once per module (the ``compiled``
+fixture); the tests get their own deep copy of the documents.
+"""
+
+import copy
+
+import pytest
 import yaml
 
 from mammo.pipelines.cli import main
@@ -9,10 +16,34 @@ def _docs(path):
     return list(yaml.safe_load_all(path.read_text()))
 
 
-def test_compile_writes_gpu_train_loop_and_conditional_deploy(tmp_path):
-    out = tmp_path / "pipeline.yaml"
-    assert main(["compile", "--out", str(out)]) == 0
-    spec, platform = _docs(out)
+class _CompileOnce:
+    """``mammo compile --out <file> *args``, each distinct command line compiled once."""
+
+    def __init__(self, tmp_path_factory) -> None:
+        self.factory, self.files = tmp_path_factory, {}
+        self.parsed: dict[tuple[str, ...], list] = {}
+
+    def text(self, *args: str) -> str:
+        if args not in self.files:
+            out = self.factory.mktemp("compiled") / "pipeline.yaml"
+            assert main(["compile", "--out", str(out), *args]) == 0
+            self.files[args] = out
+        return self.files[args].read_text()
+
+    def __call__(self, *args: str) -> list:
+        """[spec, platform spec], a copy the test may change."""
+        if args not in self.parsed:
+            self.parsed[args] = list(yaml.safe_load_all(self.text(*args)))
+        return copy.deepcopy(self.parsed[args])
+
+
+@pytest.fixture(scope="module")
+def compiled_docs(tmp_path_factory) -> _CompileOnce:
+    return _CompileOnce(tmp_path_factory)
+
+
+def test_compile_writes_gpu_train_loop_and_conditional_deploy(compiled_docs):
+    spec, platform = compiled_docs()
     root = spec["root"]["dag"]["tasks"]
 
     # train iterates over the backbones parameter
@@ -44,10 +75,8 @@ def test_compile_writes_gpu_train_loop_and_conditional_deploy(tmp_path):
     assert set(gate_inputs) == {"evaluations", "models", "dataset"}
 
 
-def test_compiled_components_do_not_pip_install(tmp_path):
-    out = tmp_path / "pipeline.yaml"
-    main(["compile", "--out", str(out)])
-    spec = _docs(out)[0]
+def test_compiled_components_do_not_pip_install(compiled_docs):
+    spec = compiled_docs()[0]
     for name, ex in spec["deploymentSpec"]["executors"].items():
         cmd = " ".join(ex["container"]["command"] + ex["container"].get("args", []))
         assert "pip install" not in cmd, name  # the package comes with our images
@@ -59,21 +88,23 @@ import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-import pytest  # noqa: E402
-
 from mammo.components.config import CPU_IMAGE, GPU_IMAGE, ClusterConfig  # noqa: E402
 
 DATA_STEPS = ("ingest", "validate-data", "extract-patches", "balance-split")
 K8S = ("platforms", "kubernetes", "deploymentSpec", "executors")
 
 
-def _compiled(tmp_path, *args):
-    out = tmp_path / "pipeline.yaml"
-    assert main(["compile", "--out", str(out), *args]) == 0
-    spec, platform = _docs(out)
-    for key in K8S:
-        platform = platform[key]
-    return spec, platform
+@pytest.fixture
+def _compiled(compiled_docs):
+    """``(*args) -> (spec, kubernetes executors)`` of the compiled pipeline."""
+    def spec_and_platform(*args: str):
+        spec, platform = compiled_docs(*args)
+        for key in K8S:
+            platform = platform[key]
+        return spec, platform
+
+    spec_and_platform.text = compiled_docs.text
+    return spec_and_platform
 
 
 def _tasks(spec) -> dict:
@@ -88,8 +119,8 @@ def _executor(spec, task):
     return spec["deploymentSpec"]["executors"][f"exec-{task}"]["container"]
 
 
-def test_compile_writes_our_images_cpu_for_steps_and_gpu_for_training(tmp_path):
-    spec, _ = _compiled(tmp_path)
+def test_compile_writes_our_images_cpu_for_steps_and_gpu_for_training(_compiled):
+    spec, _ = _compiled()
     images = {name: ex["container"]["image"] for name, ex in spec["deploymentSpec"]["executors"].items()}
     assert images.pop("exec-train") == GPU_IMAGE
     assert set(images.values()) == {CPU_IMAGE}
@@ -110,8 +141,8 @@ def test_compile_takes_images_from_the_environment_override(tmp_path):
     assert set(images.values()) == {"registry.example/mammo:7"}
 
 
-def test_compile_sets_requests_and_memory_limits_per_step_group_from_the_profile(tmp_path):
-    spec, _ = _compiled(tmp_path, "--set", "cluster.train_cpu=12", "--set", "cluster.train_memory=48Gi",
+def test_compile_sets_requests_and_memory_limits_per_step_group_from_the_profile(_compiled):
+    spec, _ = _compiled("--set", "cluster.train_cpu=12", "--set", "cluster.train_memory=48Gi",
                         "--set", "cluster.data_memory=6Gi")
     d = ClusterConfig()
     expected = {"train": ("12", "48Gi"), "evaluate": (d.eval_cpu, d.eval_memory),
@@ -123,8 +154,8 @@ def test_compile_sets_requests_and_memory_limits_per_step_group_from_the_profile
             cpu, memory, memory), task
 
 
-def test_compile_gpu_type_becomes_node_selector_and_training_tolerates_gpu_taint(tmp_path):
-    spec, k8s = _compiled(tmp_path, "--set", "cluster.gpu_node_label=cloud.google.com/gke-accelerator",
+def test_compile_gpu_type_becomes_node_selector_and_training_tolerates_gpu_taint(_compiled):
+    spec, k8s = _compiled("--set", "cluster.gpu_node_label=cloud.google.com/gke-accelerator",
                           "--set", "cluster.gpu_type=nvidia-l4", "--set", "cluster.train_gpus=2")
     acc = _executor(spec, "train")["resources"]["accelerator"]
     assert (acc["resourceType"], acc["resourceCount"]) == ("nvidia.com/gpu", "2")
@@ -137,14 +168,14 @@ def test_compile_gpu_type_becomes_node_selector_and_training_tolerates_gpu_taint
             assert "nodeSelector" not in k8s.get(name, {}) and "tolerations" not in k8s.get(name, {}), name
 
 
-def test_compile_without_gpus_trains_on_any_node(tmp_path):
-    spec, k8s = _compiled(tmp_path, "--set", "cluster.train_gpus=0")
+def test_compile_without_gpus_trains_on_any_node(_compiled):
+    spec, k8s = _compiled("--set", "cluster.train_gpus=0")
     assert "accelerator" not in _executor(spec, "train")["resources"]
     assert "tolerations" not in k8s["exec-train"] and "nodeSelector" not in k8s["exec-train"]
 
 
-def test_compile_retries_transient_steps_but_not_deterministic_ones_training_or_deploy(tmp_path):
-    spec, _ = _compiled(tmp_path, "--set", "cluster.retries=4", "--set", "cluster.retry_backoff=45s")
+def test_compile_retries_transient_steps_but_not_deterministic_ones_training_or_deploy(_compiled):
+    spec, _ = _compiled("--set", "cluster.retries=4", "--set", "cluster.retry_backoff=45s")
     tasks = _tasks(spec)
     for name in ("extract-patches", "balance-split", "evaluate", "select-and-gate"):
         policy = tasks[name]["retryPolicy"]
@@ -154,18 +185,18 @@ def test_compile_retries_transient_steps_but_not_deterministic_ones_training_or_
     for name in ("ingest", "validate-data", "train", "deploy"):
         assert "retryPolicy" not in tasks[name], name
 
-    spec, _ = _compiled(tmp_path, "--set", "cluster.train_retries=2")
+    spec, _ = _compiled("--set", "cluster.train_retries=2")
     assert _tasks(spec)["train"]["retryPolicy"]["maxRetryCount"] == 2
 
 
-def test_compile_puts_a_deadline_on_training_only(tmp_path):
-    _, k8s = _compiled(tmp_path, "--set", "cluster.train_timeout_s=7200")
+def test_compile_puts_a_deadline_on_training_only(_compiled):
+    _, k8s = _compiled("--set", "cluster.train_timeout_s=7200")
     assert int(k8s["exec-train"]["activeDeadlineSeconds"]) == 7200
     assert all("activeDeadlineSeconds" not in v for k, v in k8s.items() if k != "exec-train")
 
 
-def test_compile_caches_data_steps_and_never_training_gate_or_deploy(tmp_path):
-    spec, _ = _compiled(tmp_path)
+def test_compile_caches_data_steps_and_never_training_gate_or_deploy(_compiled):
+    spec, _ = _compiled()
     tasks = _tasks(spec)
     for name in (*DATA_STEPS, "evaluate"):
         assert tasks[name]["cachingOptions"] == {"enableCache": True}, name
@@ -173,15 +204,15 @@ def test_compile_caches_data_steps_and_never_training_gate_or_deploy(tmp_path):
         assert not tasks[name]["cachingOptions"].get("enableCache", False), name
 
 
-def test_compile_limits_extract_and_backbone_fan_out_from_the_profile(tmp_path):
-    spec, _ = _compiled(tmp_path, "--set", "cluster.extract_parallelism=7", "--set", "cluster.train_parallelism=2")
+def test_compile_limits_extract_and_backbone_fan_out_from_the_profile(_compiled):
+    spec, _ = _compiled("--set", "cluster.extract_parallelism=7", "--set", "cluster.train_parallelism=2")
     loops = {t["parameterIterator"]["items"]["inputParameter"]: t["iteratorPolicy"]["parallelismLimit"]
              for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t}
     assert loops == {"pipelinechannel--shard-indices-Output": 7, "pipelinechannel--backbones": 2}
 
 
-def test_compile_pipeline_root_volumes_and_key_secret_from_the_profile(tmp_path):
-    spec, k8s = _compiled(tmp_path, "--set", "cluster.pipeline_root=gs://bucket/kfp", "--set", "cluster.data_pvc=mammo-data",
+def test_compile_pipeline_root_volumes_and_key_secret_from_the_profile(_compiled):
+    spec, k8s = _compiled("--set", "cluster.pipeline_root=gs://bucket/kfp", "--set", "cluster.data_pvc=mammo-data",
                           "--set", "cluster.models_pvc=mammo-models", "--set", "cluster.gcp_credentials_secret=gcp-key")
     assert spec["defaultPipelineRoot"] == "gs://bucket/kfp"
     mounts = {name: {m["constant"]: m["mountPath"] for m in cfg.get("pvcMount", [])} for name, cfg in k8s.items()}
@@ -195,18 +226,19 @@ def test_compile_pipeline_root_volumes_and_key_secret_from_the_profile(tmp_path)
         assert k8s[name]["secretAsVolume"][0]["secretName"] == "gcp-key", name
         env = {e["name"]: e["value"] for e in ex["container"].get("env", [])}
         assert env["GOOGLE_APPLICATION_CREDENTIALS"] == "/var/secrets/google/key.json", name
-    text = (tmp_path / "pipeline.yaml").read_text()
+    text = _compiled.text("--set", "cluster.pipeline_root=gs://bucket/kfp", "--set", "cluster.data_pvc=mammo-data",
+                          "--set", "cluster.models_pvc=mammo-models", "--set", "cluster.gcp_credentials_secret=gcp-key")
     assert "private_key" not in text and "BEGIN PRIVATE KEY" not in text
 
 
-def test_compile_default_has_no_cluster_specific_storage_or_secrets(tmp_path):
-    spec, k8s = _compiled(tmp_path)
+def test_compile_default_has_no_cluster_specific_storage_or_secrets(_compiled):
+    spec, k8s = _compiled()
     assert "defaultPipelineRoot" not in spec
     assert not any("pvcMount" in cfg or "secretAsVolume" in cfg for cfg in k8s.values())
 
 
-def test_compile_profile_becomes_the_pipeline_parameter_defaults(tmp_path):
-    spec, _ = _compiled(tmp_path, "--profile", "demo", "--set", "gate.auc_threshold=0.7", "--set", "gate.metric=macro_f1")
+def test_compile_profile_becomes_the_pipeline_parameter_defaults(_compiled):
+    spec, _ = _compiled("--profile", "demo", "--set", "gate.auc_threshold=0.7", "--set", "gate.metric=macro_f1")
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["auc_threshold"]["defaultValue"] == 0.7
     assert params["config"]["defaultValue"]["gate"]["metric"] == "macro_f1"
@@ -223,7 +255,7 @@ def test_bad_resource_quantity_in_the_profile_fails_compile(tmp_path):
     assert not out.exists()
 
 
-def test_local_pipeline_is_the_same_dag_without_retries(tmp_path):
+def test_local_pipeline_is_the_same_dag_without_retries(_compiled, tmp_path):
     """kfp.local sleeps between retries: ``mammo run`` must fail fast, the cluster build retries."""
     from kfp import compiler
 
@@ -232,7 +264,7 @@ def test_local_pipeline_is_the_same_dag_without_retries(tmp_path):
     out = tmp_path / "local.yaml"
     compiler.Compiler().compile(mammo_pipeline, package_path=str(out))
     local_tasks = _tasks(_docs(out)[0])
-    cluster_tasks = _tasks(_compiled(tmp_path)[0])
+    cluster_tasks = _tasks(_compiled()[0])
     assert set(local_tasks) == set(cluster_tasks)
     assert not any("retryPolicy" in t for t in local_tasks.values())
     assert any("retryPolicy" in t for t in cluster_tasks.values())
@@ -256,18 +288,18 @@ def _repo_path(rel: str) -> str:
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
-def test_every_profile_compiles_and_passes_the_backend_rules(tmp_path, profile):
-    args = [_repo_path(a) if a == KIND_CONFIG else a for a in PROFILES[profile]]
-    out = tmp_path / "pipeline.yaml"
-    assert main(["compile", "--out", str(out), *args]) == 0  # compile lints; a problem would fail it
+def test_every_profile_compiles_and_passes_the_backend_rules(compiled_docs, profile):
+    args = tuple(_repo_path(a) if a == KIND_CONFIG else a for a in PROFILES[profile])
+    compiled_docs.text(*args)  # compile lints; a problem would fail it
+    out = compiled_docs.files[args]
     assert lint_file(out) == []
     assert main(["lint", str(out)]) == 0
 
 
-def test_extraction_iterates_over_integer_shards_derived_from_one_count(tmp_path):
+def test_extraction_iterates_over_integer_shards_derived_from_one_count(_compiled):
     """Point 1: the loop item that feeds the NUMBER_INTEGER shard_index is an integer, and the shard
     list comes from num_extract_shards inside the pipeline (no second list to keep in step)."""
-    spec, _ = _compiled(tmp_path)
+    spec, _ = _compiled()
     root = spec["root"]["dag"]["tasks"]
     loop = next(t for t in root.values() if t.get("parameterIterator", {}).get("items", {}).get("inputParameter")
                 == "pipelinechannel--shard-indices-Output")
@@ -297,10 +329,10 @@ def test_helper_tasks_derive_every_shard_and_apply_the_flat_parameters():
     assert config["train"]["backbones"] == ["mobilenetv3small"] and "cluster" not in config
 
 
-def test_demo_profile_compiles_cpu_only(tmp_path):
+def test_demo_profile_compiles_cpu_only(_compiled):
     """Point 2: a GPU-less kind cluster schedules every pod of the demo pipeline."""
-    spec, k8s = _compiled(tmp_path, "--profile", "demo")
-    text = (tmp_path / "pipeline.yaml").read_text()
+    spec, k8s = _compiled("--profile", "demo")
+    text = _compiled.text("--profile", "demo")
     assert "nvidia.com/gpu" not in text and "accelerator" not in text
     assert not any("tolerations" in v or "nodeSelector" in v for v in k8s.values())
 
@@ -325,8 +357,8 @@ def test_demo_requests_fit_a_laptop_kind_node():
         assert int(memory[:-2]) <= node_fit(4, 8)[1], group
 
 
-def test_every_task_gets_its_cpu_request_as_the_worker_budget(tmp_path):
-    spec, _ = _compiled(tmp_path, "--set", "cluster.data_cpu=5", "--set", "cluster.gate_cpu=1500m")
+def test_every_task_gets_its_cpu_request_as_the_worker_budget(_compiled):
+    spec, _ = _compiled("--set", "cluster.data_cpu=5", "--set", "cluster.gate_cpu=1500m")
     env = {name: {e["name"]: e["value"] for e in ex["container"].get("env", [])}
            for name, ex in spec["deploymentSpec"]["executors"].items()}
     assert env["exec-extract-patches"]["MAMMO_CPUS"] == "5" and env["exec-ingest"]["MAMMO_CPUS"] == "5"
@@ -343,9 +375,9 @@ def test_runtime_cpu_budget_follows_the_request_not_the_node(monkeypatch):
     assert runtime.available_cpus() == 1
 
 
-def test_run_form_is_flat_typed_and_described(tmp_path):
+def test_run_form_is_flat_typed_and_described(_compiled):
     """Point 8: typed parameters with descriptions; config without cluster.* or the flat keys."""
-    spec, _ = _compiled(tmp_path)
+    spec, _ = _compiled()
     params = spec["root"]["inputDefinitions"]["parameters"]
     types = {name: p["parameterType"] for name, p in params.items()}
     assert types == {"data_uri": "STRING", "normals_uri": "STRING", "serving_root": "STRING", "backbones": "LIST",
@@ -372,9 +404,9 @@ def test_one_place_per_setting():
         apply_run_parameters({"cluster": {"train_gpus": 2}}, params)
 
 
-def test_ingest_cache_key_carries_the_data_fingerprint(tmp_path):
+def test_ingest_cache_key_carries_the_data_fingerprint(_compiled):
     """Point 4: an uncached fingerprint task feeds ingest, so ingest's cache key follows the data."""
-    spec, k8s = _compiled(tmp_path, "--set", "cluster.data_pvc=mammo-data")
+    spec, k8s = _compiled("--set", "cluster.data_pvc=mammo-data")
     tasks = _tasks(spec)
     assert tasks["ingest"]["inputs"]["parameters"]["data_fingerprint"] == {
         "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "fingerprint-data"}}
@@ -390,8 +422,8 @@ def test_ingest_cache_key_carries_the_data_fingerprint(tmp_path):
             {"componentInputParameter": "pipelinechannel--resolve-config-Output"}), name
 
 
-def test_step_display_names_are_the_eight_steps_plus_three_helpers(tmp_path):
-    spec, _ = _compiled(tmp_path)
+def test_step_display_names_are_the_eight_steps_plus_three_helpers(_compiled):
+    spec, _ = _compiled()
     names = {t["taskInfo"]["name"] for t in _tasks(spec).values() if "componentRef" in t
              and "executorLabel" in spec["components"][t["componentRef"]["name"]]}
     assert names == {"fingerprint_data", "resolve_config", "shard_indices", "ingest", "validate_data", "extract_patches",

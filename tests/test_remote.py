@@ -14,8 +14,10 @@ import email.policy
 import itertools
 import json
 import re
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -63,7 +65,7 @@ class KfpApiServerDouble:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> "KfpApiServerDouble":
         self._thread.start()
@@ -212,6 +214,27 @@ def _multipart_files(raw: bytes, content_type: str) -> dict[str, bytes]:
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_once_per_config(tmp_path_factory):
+    """Each distinct config is compiled once per module by the real compiler; later submits of the
+    same config get a copy of that file (the spec's bytes, hence the version name, are the same)."""
+    from mammo.pipelines import remote
+
+    real, cache = remote.compile_pipeline, {}
+
+    def compile_cached(out_file: str, cfg=None, **kw) -> str:
+        key = repr(cfg)
+        if key not in cache:
+            cache[key] = Path(real(str(tmp_path_factory.mktemp("compiled") / "pipeline.yaml"), cfg, **kw))
+        shutil.copyfile(cache[key], out_file)
+        return out_file
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(remote, "compile_pipeline", compile_cached)
+    yield
+    patch.undo()
 
 
 @pytest.fixture
