@@ -1,5 +1,6 @@
 """Shared fixtures: a small synthetic CBIS-DDSM download, and where the real CSVs are."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,19 @@ pytest_plugins = ["gcs_emulator"]
 #: the two end-to-end runs, by far the longest tests (every other one takes seconds)
 LONGEST = ("test_container_e2e.py::test_docker_demo_promotes_deploys_and_records_each_tasks_image",
            "test_pipeline_local.py::test_local_run_ingests_trains_gates_deploys_and_the_model_predicts")
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_left_on_a_closed_stream():
+    """A CLI ``main()`` or component body run in-process calls ``runtime.setup_logging``, which points
+    the root logger at this test's captured stderr; once pytest closes that stream, a log line from
+    a server thread (the GCS emulator) would print "Logging error". Drop such handlers after the test."""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    yield
+    for handler in root.handlers[:]:
+        if handler not in before and type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
 
 
 def pytest_collection_modifyitems(config, items):
