@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from mammo.components.config_rules import (Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                                           Range, Switch, _build, _set_path, _split_override, check_values)
+                                           Range, Switch, build_section, check_values, set_override, split_override)
 
 #: The five classes, in the order of the paper's class folders (calc_ben, calc_mal, mass_ben,
 #: mass_mal, normal). The model's output index i is CLASS_NAMES[i].
@@ -416,14 +416,14 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
         """Build a config from a (possibly partial) nested dict; unknown keys are errors."""
-        return _build(cls, data, prefix="")
+        return build_section(cls, data, prefix="")
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "Config":
         """Return a copy with ``section.field=value`` overrides applied."""
         data = self.to_dict()
-        items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+        items = overrides.items() if isinstance(overrides, dict) else (split_override(o) for o in overrides)
         for key, raw in items:
-            _set_path(data, key, raw, type(self))
+            set_override(data, key, raw, type(self))
         return Config.from_dict(data)
 
 

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+
 @dataclass(frozen=True)
 class Range:
     """Inclusive numeric bounds (``None`` = unbounded); ``lo_open`` makes the lower bound exclusive."""
@@ -49,8 +50,8 @@ PositiveFloat = Annotated[float, Range(0.0, lo_open=True)]
 Switch = Literal["auto", "on", "off"]
 
 
-
-def _split_override(text: str) -> tuple[str, str]:
+def split_override(text: str) -> tuple[str, str]:
+    """``"train.stage1_epochs=1"`` -> ``("train.stage1_epochs", "1")``."""
     if "=" not in text:
         raise ValueError(f"override {text!r} is not of the form key=value (e.g. train.stage1_epochs=1)")
     key, value = text.split("=", 1)
@@ -61,7 +62,8 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def build_section(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    """The dataclass ``cls`` from a mapping, nested sections included; unknown keys are refused."""
     if not isinstance(data, dict):
         raise ValueError(f"config section {prefix or '<root>'!r} must be a mapping, got {data!r}")
     hints = _field_types(cls)
@@ -73,7 +75,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for name, value in data.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, prefix + name + ".")
+            kwargs[name] = build_section(tp, value, prefix + name + ".")
         else:
             kwargs[name] = _coerce(value, tp, prefix + name)
     return cls(**kwargs)
@@ -140,7 +142,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _set_path(data: dict[str, Any], key: str, raw: Any, cls: type) -> None:
+def set_override(data: dict[str, Any], key: str, raw: Any, cls: type) -> None:
+    """Set the dotted ``key`` of the config mapping ``data`` (of dataclass ``cls``) to ``raw``, read by its type."""
     parts = key.split(".")
     node, node_cls = data, cls
     for part in parts[:-1]:

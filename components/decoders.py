@@ -35,10 +35,11 @@ from typing import IO
 
 import numpy as np
 
+from mammo.components.headers import (DEFLATED, HEADER_TOO_LARGE, LJPEG_SUFFIXES, HeaderError, dicom_spacing,
+                                      is_dicom, read_header)
+
 #: the DICOM attributes that may leave a reader; everything else stays behind
 TECHNICAL_TAGS = ("Rows", "Columns", "BitsStored", "PhotometricInterpretation", "PixelSpacing", "Manufacturer")
-DEFLATED = "1.2.840.10008.1.2.1.99"
-LJPEG_SUFFIXES = (".ljpeg", ".ljpg")
 LJPEG_HELP = ("convert it to a 16-bit PNG or DICOM first, e.g. with the DDSM tools (PVRG `jpeg -d -s FILE.LJPEG` "
               "then `ddsmraw2pnm`) or GDCM's `gdcmconv --raw`, and list the converted file")
 
@@ -69,25 +70,16 @@ class ImageInfo:
 
 @contextlib.contextmanager
 def open_binary(path: str | Path, whole: bool = True) -> Iterator[IO[bytes]]:
-    """A binary file object for a local path or a ``gs://`` URI (``whole``: one download, else ranged reads)."""
+    """A binary file object for a local path or a ``gs://`` URI, through :mod:`storage` (``whole``: a
+    GCS object in one download, as its pixels are read in full anyway; else ranged reads)."""
+    from mammo.components import storage  # (and google.api_core) only once an image is read
+
     uri = str(path)
-    if not uri.startswith("gs://"):
-        with open(uri, "rb") as fh:
-            yield fh
-        return
-    from mammo.components import storage
-
-    if whole:
+    if whole and storage.is_gcs(uri):
         yield io.BytesIO(storage.read_bytes(uri))
-    else:
-        with storage.open_read(uri) as fh:
-            yield fh
-
-
-def is_dicom(name: str, head: bytes) -> bool:
-    if name.lower().endswith((".dcm", ".dicom")):
-        return True
-    return len(head) >= 132 and head[128:132] == b"DICM"
+        return
+    with storage.open_read(uri) as fh:
+        yield fh
 
 
 def check_budget(path: str | Path, rows: int, cols: int, max_pixels: int | None, extra: int = 1) -> None:
@@ -110,8 +102,6 @@ def check_header(path: str | Path, max_pixels: int | None):
         return None
     from PIL import Image
 
-    from mammo.components.headers import HEADER_TOO_LARGE, HeaderError, read_header
-
     pil_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # the budget below decides, naming the file and the setting
     try:
@@ -129,11 +119,6 @@ def check_header(path: str | Path, max_pixels: int | None):
 
 
 def _dicom_info(ds) -> ImageInfo:
-    spacing = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None)
-    try:
-        spacing_mm = float(spacing[0]) if spacing else None
-    except (TypeError, ValueError, IndexError):
-        spacing_mm = None
     return ImageInfo(
         rows=int(ds.Rows),
         cols=int(ds.Columns),
@@ -141,7 +126,7 @@ def _dicom_info(ds) -> ImageInfo:
         photometric=str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")),
         manufacturer=str(getattr(ds, "Manufacturer", "") or ""),
         signed=int(getattr(ds, "PixelRepresentation", 0) or 0) == 1,
-        pixel_spacing_mm=spacing_mm if spacing_mm and spacing_mm > 0 else None,
+        pixel_spacing_mm=dicom_spacing(ds)[0],
     )
 
 

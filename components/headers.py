@@ -112,7 +112,14 @@ class _Bounded(io.RawIOBase):
         return len(data)
 
 
-def _spacing(ds: Any) -> tuple[float | None, str]:
+def is_dicom(name: str, head: bytes) -> bool:
+    """A DICOM file by its name (``.dcm``, ``.dicom``) or its ``DICM`` preamble (``head``: the first 132 bytes)."""
+    return name.lower().endswith(DICOM_SUFFIXES) or (len(head) >= 132 and head[128:132] == b"DICM")
+
+
+def dicom_spacing(ds: Any) -> tuple[float | None, str]:
+    """(row spacing in mm, the attribute it came from) of a DICOM dataset: ``PixelSpacing``, else
+    ``ImagerPixelSpacing``, each only when in (0, 10) mm; ``(None, "")`` when neither is usable."""
     for attr in ("PixelSpacing", "ImagerPixelSpacing"):
         value = ds.get(attr)
         try:
@@ -170,7 +177,7 @@ def _dicom_header(fh: IO[bytes], what: str, max_bytes: int) -> Header:
     if rows <= 0 or cols <= 0:
         raise HeaderError(UNREADABLE_DICOM, f"{what}: DICOM file has no Rows/Columns (not an image)")
     allocated = _int(ds, "BitsAllocated")
-    spacing, source = _spacing(ds)
+    spacing, source = dicom_spacing(ds)
     return Header(
         rows=rows,
         cols=cols,
@@ -298,7 +305,7 @@ def _read(fh: IO[bytes], name: str, size: int | None, max_bytes: int, timeout_s:
     head = bounded.peek(132)[:132]
     if not head:
         raise HeaderError(EMPTY_FILE, f"{what}: empty file (0 bytes)")
-    if head[128:132] == b"DICM" or name.lower().endswith(DICOM_SUFFIXES):
+    if is_dicom(name, head):
         return _dicom_header(bounded, what, max_bytes)
     if name.lower().endswith(LJPEG_SUFFIXES):
         return _ljpeg_header(bounded, what)

@@ -62,7 +62,7 @@ def breast_mask(image8: np.ndarray) -> np.ndarray:
     filled holes keep fatty tissue darker than Otsu's threshold inside the breast, so a crop of a
     fatty breast is not taken for background. Otsu's threshold comes from the histogram of every
     second pixel in each direction (the same threshold for any real image, a quarter of the work).
-    A full-size image takes ~0.3 s; the largest temporaries are two int32 label images.
+    The largest temporaries are two int32 label images.
     """
     from scipy import ndimage
     from skimage.filters import threshold_otsu
@@ -93,9 +93,8 @@ def normal_crops(tissue: np.ndarray, n: int, side: int, min_fraction: float, rng
     """Up to ``n`` top-left corners of ``side``-squares that are at least ``min_fraction`` tissue.
 
     Candidates are drawn around the tissue's centre of mass (the middle of the breast), spreading
-    out as attempts fail. Each candidate is checked by counting its tissue pixels (a few hundred
-    microseconds for a 600 px square; cheaper than a full-size summed-area table, which would cost
-    more time and 4 bytes a pixel, for the handful of candidates a breast needs).
+    out as attempts fail. Each candidate is checked by counting its tissue pixels: for the handful
+    of candidates a breast needs this is cheaper than a full-size summed-area table (4 bytes a pixel).
     """
     h, w = tissue.shape
     if side > h or side > w or not tissue.any():
