@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-def stable_hash(key: str, nbytes: int = 4) -> int:
+def stable_hash(key: str, nbytes: int = 4, byteorder: Literal["big", "little"] = "big") -> int:
     """The first ``nbytes`` of ``key``'s SHA-256 as an unsigned integer (same on every run and machine):
     the one hash behind seeded patient shares, extraction shards and per-case random generators."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:nbytes], "big")
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:nbytes], byteorder)
 
 
 def stable_fraction(key: str) -> float:
@@ -34,7 +34,7 @@ def seeded_rng(key: str, seed: int) -> "np.random.Generator":
     """A random generator fixed by ``seed`` and ``key`` (e.g. a case id): the same draws on every run."""
     import numpy as np
 
-    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little"))
+    return np.random.default_rng(stable_hash(f"{seed}:{key}", 8, "little"))
 
 
 def patient_split(rows: pd.DataFrame, validation_fraction: float, seed: int) -> pd.Series:
