@@ -4,7 +4,7 @@
 
 Synthesizes a small CBIS-DDSM-like download at full size (``--per-class 2`` gives 8 abnormal
 images plus 2 normal CC views used for patches: 10 images), ingests it, then times the real
-extraction code (:func:`mammo.components.extract_patches.logic.plan_jobs` / ``run_jobs``) with one process
+extraction code (:func:`mammo.components.extract_patches.logic.plan_jobs` and its per-image work) with one process
 and with a pool of ``--workers`` spawned processes, and the whole step (``run``: patches,
 TFRecords, manifest, previews). Workers are spawned, as in the step. It prints:
 

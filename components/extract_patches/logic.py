@@ -36,6 +36,7 @@ declares more than ``max_pixels`` pixels are refused before decoding (``image_to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -57,9 +58,9 @@ from mammo.components.imaging import (
 )
 from mammo.components.masks import OK, RESCALED, choose_mask
 from mammo.components.runtime import available_cpus
-from mammo.components.validate_data.checks import patch_intensity_stats
 from mammo.components.splits import seeded_rng, stable_hash
 from mammo.components.tfrecords import serialize_patch, write_records
+from mammo.components.validate_data.checks import patch_intensity_stats
 
 if TYPE_CHECKING:  # pandas is imported where used: spawned workers never need it
     import pandas as pd
@@ -159,12 +160,10 @@ def pixel_spacing(row: dict, info: ImageInfo, cfg: PatchConfig) -> tuple[float, 
         pass
     if info.pixel_spacing_mm:
         return float(info.pixel_spacing_mm), "header"
-    defaults = cfg.spacing_defaults()
-    source = str(row.get("source") or "")
-    if source in defaults:
-        return defaults[source], "default"
-    if "all" in defaults:
-        return defaults["all"], "default"
+    defaults, source = cfg.spacing_defaults(), str(row.get("source") or "")
+    mm = defaults.get(source, defaults.get("all"))  # the rule ingest's image_spacing applies too
+    if mm:
+        return mm, "default"
     raise ValueError(f"{row.get('case_id')}: no pixel spacing in cases or header, and no default for source "
                      f"{source!r} in patches.default_pixel_spacing_mm")
 
@@ -361,32 +360,27 @@ def plan_jobs(cases: "pd.DataFrame", cfg: PatchConfig, seed: int, shard_index: i
     return cases, lesion, normal
 
 
-def run_jobs(jobs: list[Job], workers: int, progress: bool = False, pool: bool | None = None) -> tuple[list[dict], float]:
-    """Results of every job, in job order, and the largest peak RSS (MB) of a process that ran one.
-
-    ``workers > 1``: a pool of *spawned* processes (forking a process that has loaded TensorFlow can
-    deadlock, and a spawned worker's peak RSS is its own), one image per task. ``workers == 1``: in
-    this process, unless ``pool`` is true.
-    """
+def job_pool(workers: int) -> "contextlib.AbstractContextManager[ProcessPoolExecutor | None]":
+    """One pool of *spawned* processes for the whole shard when ``workers > 1`` (forking a process that
+    has loaded TensorFlow can deadlock, and a spawned worker's peak RSS is its own); else None (this process)."""
     import multiprocessing
 
+    if workers <= 1:
+        return contextlib.nullcontext()
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def run_jobs(jobs: list[Job], pool: ProcessPoolExecutor | None, progress: bool = False) -> tuple[list[dict], float]:
+    """Results of every job, in job order (one image per task on ``pool``, else in this process), and the
+    largest peak RSS (MB) of a process that ran one."""
     from tqdm import tqdm
 
     results: list[dict] = []
     peak = 0.0
-    if not jobs:
-        return results, peak
-    if workers > 1 if pool is None else pool:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as executor:
-            for res, rss in tqdm(executor.map(_patches_for_image, jobs, chunksize=1), total=len(jobs),
-                                 desc="extract", unit="img", disable=not progress):
-                results.extend(res)
-                peak = max(peak, rss)
-    else:
-        for job in tqdm(jobs, desc="extract", unit="img", disable=not progress):
-            res, rss = _patches_for_image(job)
-            results.extend(res)
-            peak = max(peak, rss)
+    done = pool.map(_patches_for_image, jobs, chunksize=1) if pool and jobs else map(_patches_for_image, jobs)
+    for res, rss in tqdm(done, total=len(jobs), desc="extract", unit="img", disable=not progress or not jobs):
+        results.extend(res)
+        peak = max(peak, rss)
     return results, peak
 
 
@@ -424,9 +418,10 @@ def run(cases: str | Path, patches: str | Path, cfg: Config, shard_index: int = 
     report = ExtractReport(shard_index=shard_index, num_shards=num_shards, protocol=pcfg.protocol,
                            cases_in=len(table), images=n_images, workers=workers)
     log.info("shard %d/%d: %d cases on %d images, %d workers", shard_index, num_shards, len(table), n_images, workers)
-    results, peak_a = run_jobs(lesion_jobs, workers, progress)
-    sides = lesion_sides_by_split([r for r in results if "reject" not in r])
-    normal_results, peak_b = run_jobs([(rows, c, s, sides) for rows, c, s, _ in normal_jobs], workers, progress)
+    with job_pool(workers) as pool:  # one pool for both passes: its workers import the code once
+        results, peak_a = run_jobs(lesion_jobs, pool, progress)
+        sides = lesion_sides_by_split([r for r in results if "reject" not in r])
+        normal_results, peak_b = run_jobs([(rows, c, s, sides) for rows, c, s, _ in normal_jobs], pool, progress)
     results += normal_results
     report.peak_worker_rss_mb = max(peak_a, peak_b)
 
